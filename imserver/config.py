@@ -1,0 +1,231 @@
+"""TOML configuration, validated into typed settings.
+
+Every bad value fails at start with one line naming the key and the reason
+(L{ConfigError}). Relative paths are resolved against C{data_dir}, and a
+relative C{data_dir} against the directory of the config file, so a server
+started from anywhere finds the same files.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.words.protocols.jabber.jid import JID, InvalidFormat
+
+from imserver.errors import ConfigError
+
+DEFAULT_PLUGINS = (
+    "sessions",
+    "disco",
+    "ping",
+    "version",
+    "roster",
+    "presence",
+    "subscriptions",
+    "messages",
+    "offline",
+)
+
+
+@dataclass(frozen=True)
+class C2SSettings:
+    """Client-to-server listeners and their security policy."""
+
+    interface: str = "127.0.0.1"
+    port: int = 5222
+    #: XEP-0368 direct TLS; 0 disables it.
+    direct_tls_port: int = 5223
+    #: Let loopback clients authenticate without STARTTLS (tests, benchmarks).
+    allow_plaintext_on_loopback: bool = False
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    certificate: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_stanza_size: int = 256 * 1024
+    max_depth: int = 64
+    max_attributes: int = 100
+    max_namespaces: int = 100
+    max_attribute_length: int = 64 * 1024
+    #: Seconds an unauthenticated stream may live.
+    unauthenticated_timeout: float = 30.0
+    max_stream_restarts: int = 5
+    max_auth_failures_per_stream: int = 3
+    #: First delay (seconds) after a failed login from an address; doubles per failure.
+    auth_failure_delay: float = 0.5
+    auth_failure_max_delay: float = 10.0
+    roster_size: int = 1000
+    offline_messages: int = 1000
+
+
+@dataclass(frozen=True)
+class Settings:
+    hosts: tuple[str, ...]
+    data_dir: Path
+    storage_url: str
+    tls: TLSSettings
+    c2s: C2SSettings = field(default_factory=C2SSettings)
+    plugins: tuple[str, ...] = DEFAULT_PLUGINS
+    limits: Limits = field(default_factory=Limits)
+    #: XEP-0077 in-band registration (off by default).
+    allow_registration: bool = False
+    #: Free-form per-plugin tables, e.g. [plugin.version] name = "..."
+    plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def load(path: str | Path) -> Settings:
+    """Read and validate a config file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return from_dict(raw, base=path.resolve().parent)
+
+
+def from_dict(raw: dict[str, Any], base: Path | None = None) -> Settings:
+    """Validate a parsed config; C{base} anchors a relative data_dir."""
+    reader = _Reader(raw)
+    server = reader.table("server")
+    hosts = tuple(_host(h, "server.hosts") for h in server.list("hosts", ["localhost"], str))
+    if not hosts:
+        raise ConfigError("server.hosts: at least one host is required")
+    data_dir = Path(server.str("data_dir", "var"))
+    if not data_dir.is_absolute():
+        data_dir = (base or Path.cwd()) / data_dir
+    plugins = tuple(server.list("plugins", list(DEFAULT_PLUGINS), str))
+    allow_registration = server.bool("allow_registration", False)
+
+    storage = reader.table("storage")
+    url = storage.str("url", "sqlite:///imserver.sqlite")
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        url = "sqlite:///" + str(data_dir / url.removeprefix("sqlite:///"))
+    elif not url.startswith(("sqlite:", "postgresql")):
+        raise ConfigError(f"storage.url: unsupported database {url.split(':')[0]!r}")
+
+    tls = reader.table("tls")
+    tls_settings = TLSSettings(
+        certificate=data_dir / tls.str("certificate", "imserver.crt"),
+        key=data_dir / tls.str("key", "imserver.key"),
+    )
+
+    c2s = reader.table("c2s")
+    c2s_settings = C2SSettings(
+        interface=c2s.str("interface", C2SSettings.interface),
+        port=c2s.port("port", C2SSettings.port),
+        direct_tls_port=c2s.port("direct_tls_port", C2SSettings.direct_tls_port),
+        allow_plaintext_on_loopback=c2s.bool("allow_plaintext_on_loopback", False),
+    )
+
+    limits = reader.table("limits")
+    defaults = Limits()
+    limit_values = {}
+    for name, default in vars(defaults).items():
+        if isinstance(default, float):
+            limit_values[name] = limits.number(name, default)
+        else:
+            limit_values[name] = limits.positive_int(name, default)
+
+    plugin_options = reader.table("plugin").raw
+    for name, value in plugin_options.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"plugin.{name}: must be a table")
+
+    reader.reject_unknown()
+    return Settings(
+        hosts=hosts,
+        data_dir=data_dir,
+        storage_url=url,
+        tls=tls_settings,
+        c2s=c2s_settings,
+        plugins=plugins,
+        limits=Limits(**limit_values),
+        allow_registration=allow_registration,
+        plugin_options=plugin_options,
+    )
+
+
+def _host(value: str, key: str) -> str:
+    try:
+        parsed = JID(value)
+    except InvalidFormat:
+        raise ConfigError(f"{key}: {value!r} is not a valid domain") from None
+    if parsed.user or parsed.resource:
+        raise ConfigError(f"{key}: {value!r} must be a bare domain")
+    return parsed.host
+
+
+class _Reader:
+    """Typed getters over one TOML table that remember which keys they read."""
+
+    def __init__(self, raw: dict[str, Any], prefix: str = "") -> None:
+        self.raw = raw
+        self.prefix = prefix
+        self.seen: set[str] = set()
+        self.children: list[_Reader] = []
+
+    def _get(self, key: str, default: Any, kind: type | tuple[type, ...], what: str) -> Any:
+        self.seen.add(key)
+        if key not in self.raw:
+            return default
+        value = self.raw[key]
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{self.prefix}{key}: must be {what}, not {value!r}")
+        return value
+
+    def table(self, key: str) -> _Reader:
+        child = _Reader(self._get(key, {}, dict, "a table"), f"{self.prefix}{key}.")
+        self.children.append(child)
+        return child
+
+    def str(self, key: str, default: str) -> str:
+        return self._get(key, default, str, "a string")
+
+    def bool(self, key: str, default: bool) -> bool:
+        return self._get(key, default, bool, "true or false")
+
+    def number(self, key: str, default: float) -> float:
+        value = float(self._get(key, default, (int, float), "a number"))
+        if value < 0:
+            raise ConfigError(f"{self.prefix}{key}: must not be negative")
+        return value
+
+    def positive_int(self, key: str, default: int) -> int:
+        value = self._get(key, default, int, "a whole number")
+        if value <= 0:
+            raise ConfigError(f"{self.prefix}{key}: must be greater than 0")
+        return value
+
+    def port(self, key: str, default: int) -> int:
+        value = self._get(key, default, int, "a port number")
+        if not 0 <= value <= 65535:
+            raise ConfigError(f"{self.prefix}{key}: {value} is not a port (0-65535)")
+        return value
+
+    def list(self, key: str, default: list, item: type) -> list:
+        values = self._get(key, default, list, "a list")
+        for value in values:
+            if not isinstance(value, item):
+                raise ConfigError(f"{self.prefix}{key}: {value!r} must be a {item.__name__}")
+        return values
+
+    def reject_unknown(self) -> None:
+        # A table read as a whole (plugin options) marks nothing: its keys are free-form.
+        if self.prefix == "plugin.":
+            return
+        for key in self.raw:
+            if key not in self.seen:
+                raise ConfigError(f"{self.prefix}{key}: unknown setting")
+        for child in self.children:
+            child.reject_unknown()

@@ -1,0 +1,30 @@
+"""JID parsing with a bounded cache.
+
+Stringprep costs tens of microseconds per JID, and the same few JIDs appear on
+most stanzas, so parsed JIDs are memoised. Twisted's own C{internJID} cache is
+unbounded and would let a client grow server memory with made-up addresses;
+this one is a bounded LRU.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from twisted.words.protocols.jabber.jid import JID, InvalidFormat
+
+__all__ = ["JID", "InvalidFormat", "parse_jid"]
+
+
+@lru_cache(maxsize=16384)
+def parse_jid(value: str) -> JID:
+    """Parse and stringprep a JID; raises L{InvalidFormat} for invalid input.
+
+    The returned JID is shared: treat it as immutable.
+    """
+    if len(value) > 3071:  # RFC 7622 §3.1: each of three parts at most 1023 octets
+        raise InvalidFormat("JID too long")
+    parsed = JID(value)
+    for part in (parsed.user, parsed.host, parsed.resource):
+        if part is not None and len(part.encode()) > 1023:
+            raise InvalidFormat("JID part too long")
+    return parsed

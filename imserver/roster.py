@@ -1,0 +1,137 @@
+"""The roster model: items, pending inbound requests and a version.
+
+Presence, subscriptions, privacy and the roster protocol all read the same
+in-memory L{Roster} of an online user; L{RosterCache} keeps one per user with at
+least one session and writes every change through to the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from twisted.internet.defer import Deferred, succeed
+
+#: Subscription values stored on an item (RFC 6121 §2.1.2.5).
+SUBSCRIPTIONS = ("none", "to", "from", "both")
+
+
+@dataclass(frozen=True)
+class RosterItem:
+    """One contact on a user's roster.
+
+    C{ask} is True while an outbound subscription request is pending
+    (the wire's ask='subscribe'); C{approved} records a pre-approval
+    (RFC 6121 §3.4).
+    """
+
+    jid: str
+    name: str | None = None
+    subscription: str = "none"
+    ask: bool = False
+    approved: bool = False
+    groups: tuple[str, ...] = ()
+
+    def evolve(self, **changes) -> RosterItem:
+        return replace(self, **changes)
+
+    @property
+    def subscribed_to(self) -> bool:
+        """The user receives the contact's presence."""
+        return self.subscription in ("to", "both")
+
+    @property
+    def subscribed_from(self) -> bool:
+        """The contact receives the user's presence."""
+        return self.subscription in ("from", "both")
+
+
+@dataclass
+class Roster:
+    """A user's roster as stored: version, items by bare JID, pending inbound requests."""
+
+    version: int = 0
+    items: dict[str, RosterItem] = field(default_factory=dict)
+    pending_in: set[str] = field(default_factory=set)
+
+
+class RosterCache:
+    """The rosters of users with at least one session, loaded once, written through.
+
+    Rosters of offline users (the other end of a subscription) are read from the
+    store each time and not kept. Every change is one store transaction and
+    bumps the roster version (RFC 6121 §2.6); the cache changes only after the
+    store has accepted it, so memory never holds what the store refused.
+    """
+
+    def __init__(self, store, max_items: int) -> None:
+        self.store = store
+        self.max_items = max_items
+        self._rosters: dict[tuple[str, str], Roster] = {}
+        self._loading: dict[tuple[str, str], list[Deferred]] = {}
+        self._online: set[tuple[str, str]] = set()
+
+    def cached(self, user: str, host: str) -> Roster | None:
+        return self._rosters.get((user, host))
+
+    def get(self, user: str, host: str, keep: bool = False) -> Deferred:
+        """Fire with the user's L{Roster}; C{keep} caches it (the user is online)."""
+        key = (user, host)
+        if keep:
+            self._online.add(key)
+        roster = self._rosters.get(key)
+        if roster is not None:
+            return succeed(roster)
+        waiting = self._loading.get(key)
+        d: Deferred = Deferred()
+        if waiting is not None:
+            waiting.append(d)
+            return d
+        self._loading[key] = [d]
+
+        def loaded(roster: Roster):
+            if key in self._online:
+                self._rosters[key] = roster
+            for waiter in self._loading.pop(key):
+                waiter.callback(roster)
+
+        def failed(failure):
+            for waiter in self._loading.pop(key):
+                waiter.errback(failure)
+
+        self.store.get_roster(user, host).addCallbacks(loaded, failed)
+        return d
+
+    def write(
+        self,
+        user: str,
+        host: str,
+        roster: Roster,
+        items: dict[str, RosterItem | None] | None = None,
+        pending_in: dict[str, bool] | None = None,
+    ) -> Deferred:
+        """Store a change to C{roster}, then apply it to C{roster}; fire with the new version."""
+        items = items or {}
+        pending_in = pending_in or {}
+        version = roster.version + 1 if items else roster.version
+        d = self.store.write_roster(user, host, version, items, pending_in)
+
+        def applied(_):
+            roster.version = version
+            for jid, item in items.items():
+                if item is None:
+                    roster.items.pop(jid, None)
+                else:
+                    roster.items[jid] = item
+            for jid, pending in pending_in.items():
+                if pending:
+                    roster.pending_in.add(jid)
+                else:
+                    roster.pending_in.discard(jid)
+            return version
+
+        return d.addCallback(applied)
+
+    def forget(self, user: str, host: str) -> None:
+        """Drop a user's roster from memory (their last session ended)."""
+        self._online.discard((user, host))
+        self._rosters.pop((user, host), None)

@@ -1,0 +1,87 @@
+"""makeService(settings): the embedding API, and what twistd and `imserver run` use.
+
+The returned MultiService opens the store, makes the certificate when it is
+missing, and listens for clients; stopping it closes every stream with a
+system-shutdown stream error and </stream:stream>, then closes the store.
+"""
+
+from __future__ import annotations
+
+from twisted.application import internet, service
+from twisted.internet import defer, reactor
+from twisted.logger import Logger
+
+from imserver import tls
+from imserver.config import Settings
+from imserver.server import Server
+from imserver.storage import open_store
+from imserver.stream.c2s import C2SFactory
+
+log = Logger()
+
+#: How long shutdown waits for clients to close their side.
+SHUTDOWN_GRACE = 2.0
+
+
+class ServerService(service.Service):
+    """Owns the L{Server}: opens its store on start, closes streams and store on stop."""
+
+    name = "imserver"
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.server.store.start()
+        d.addCallbacks(self._ready, self._store_failed)
+
+    def _ready(self, _) -> None:
+        log.info("imserver serving {hosts}", hosts=", ".join(sorted(self.server.hosts)))
+        self.server.ready.callback(None)
+
+    def _store_failed(self, failure) -> None:
+        log.failure("cannot open the store; stopping", failure)
+        if reactor.running:
+            reactor.stop()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        streams = list(self.server.streams)
+        for stream in streams:
+            stream.fail("system-shutdown")
+        if streams:
+            closed = defer.DeferredList([s.lost for s in streams])
+            closed.addTimeout(SHUTDOWN_GRACE, reactor)
+            try:
+                yield closed
+            except defer.TimeoutError:
+                for stream in streams:
+                    if stream.transport is not None:
+                        stream.transport.abortConnection()
+        yield self.server.store.stop()
+
+
+def makeService(settings: Settings) -> service.MultiService:
+    """Build the whole server as one IService to run alone or beside others."""
+    tls.ensure_certificate(settings.tls, settings.hosts)
+    server_tls = tls.load(settings.tls)
+    server = Server(settings, open_store(settings.storage_url), server_tls)
+
+    top = service.MultiService()
+    ServerService(server).setServiceParent(top)
+    c2s = settings.c2s
+    if c2s.port:
+        internet.TCPServer(c2s.port, C2SFactory(server), interface=c2s.interface).setServiceParent(
+            top
+        )
+    if c2s.direct_tls_port:
+        internet.SSLServer(
+            c2s.direct_tls_port,
+            C2SFactory(server, direct_tls=True),
+            server_tls.options,
+            interface=c2s.interface,
+        ).setServiceParent(top)
+    top.server = server  # for embedders and tests that want to look inside
+    return top

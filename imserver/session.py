@@ -1,0 +1,105 @@
+"""Bound resources and the registry of the ones on this server."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.words.xish import domish
+
+from imserver.jid import JID
+
+if TYPE_CHECKING:
+    from imserver.stream.c2s import C2SStream
+
+
+class Session:
+    """One bound resource of one account: what presence and routing need to know.
+
+    C{available} follows the last broadcast presence; C{interested} becomes true
+    once the client has asked for its roster (RFC 6121 §2.1.6) and decides who
+    gets roster pushes and subscription requests. C{directed} remembers the
+    JIDs that got directed presence, so they hear of unavailability too.
+    """
+
+    __slots__ = (
+        "jid",
+        "full",
+        "bare",
+        "user",
+        "host",
+        "resource",
+        "stream",
+        "priority",
+        "available",
+        "interested",
+        "presence",
+        "directed",
+        "extra",
+    )
+
+    def __init__(self, jid: JID, stream: C2SStream) -> None:
+        self.jid = jid
+        self.full = jid.full()
+        self.bare = jid.userhost()
+        self.user = jid.user
+        self.host = jid.host
+        self.resource = jid.resource
+        self.stream = stream
+        self.priority = 0
+        self.available = False
+        self.interested = False
+        #: The last broadcast available presence, as sent (stamped 'from').
+        self.presence: domish.Element | None = None
+        self.directed: set[str] = set()
+        #: Per-session state that feature plugins keep, keyed by plugin name.
+        self.extra: dict[str, Any] = {}
+
+    def send(self, stanza: domish.Element) -> None:
+        self.stream.send_stanza(stanza)
+
+    def send_bytes(self, data: bytes) -> None:
+        """Send an already serialised stanza (broadcasts serialise once)."""
+        self.stream.send_bytes(data)
+
+    def __repr__(self) -> str:
+        return f"<Session {self.full}>"
+
+
+class SessionRegistry:
+    """The sessions of this process, by bare JID then resource."""
+
+    def __init__(self) -> None:
+        self._by_bare: dict[str, dict[str, Session]] = {}
+
+    def add(self, session: Session) -> Session | None:
+        """Register C{session}; return the session it replaces (same full JID), if any."""
+        resources = self._by_bare.setdefault(session.bare, {})
+        old = resources.get(session.resource)
+        resources[session.resource] = session
+        return old
+
+    def remove(self, session: Session) -> bool:
+        """Forget C{session}; True when it was the user's last one."""
+        resources = self._by_bare.get(session.bare)
+        if not resources or resources.get(session.resource) is not session:
+            return False
+        del resources[session.resource]
+        if resources:
+            return False
+        del self._by_bare[session.bare]
+        return True
+
+    def get(self, bare: str, resource: str) -> Session | None:
+        resources = self._by_bare.get(bare)
+        return resources.get(resource) if resources else None
+
+    def of(self, bare: str) -> list[Session]:
+        """All sessions of an account (a copy: safe to iterate while they change)."""
+        resources = self._by_bare.get(bare)
+        return list(resources.values()) if resources else []
+
+    def all(self) -> list[Session]:
+        return [s for resources in self._by_bare.values() for s in resources.values()]
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._by_bare.values())

@@ -1,0 +1,210 @@
+"""The database schema and the migrations that bring any older database up to it.
+
+Every table is keyed by (host, username) so that all virtual hosts share one
+database. Lists that are only ever read and replaced whole (a contact's groups,
+a privacy list's items) are stored as JSON text rather than child tables: no
+query ever looks inside them, and one row per owner keeps each replacement a
+single statement on every dialect.
+
+The database records its version in C{schema_version}. L{MIGRATIONS} is the
+ordered list of steps; step N (1-based) turns a version N-1 database into a
+version N one. L{migrate} runs the missing steps in the caller's transaction,
+so an upgrade either completes or leaves the database as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Column,
+    Connection,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    inspect,
+    select,
+)
+
+from imserver.errors import StoreError
+from imserver.roster import SUBSCRIPTIONS
+
+#: RFC 7622 caps each JID part at 1023 bytes; a bare JID is at most 2047.
+PART_LENGTH = 1023
+BARE_JID_LENGTH = 2047
+
+metadata = MetaData()
+
+
+def _owner(primary_key: bool = True) -> list[Column]:
+    """The (host, username) pair that owns a row; fresh Column objects per table."""
+    return [
+        Column("host", String(PART_LENGTH), primary_key=primary_key, nullable=False),
+        Column("username", String(PART_LENGTH), primary_key=primary_key, nullable=False),
+    ]
+
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    *_owner(),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+credentials = Table(
+    "credentials",
+    metadata,
+    *_owner(),
+    #: A SCRAM family name, "SCRAM-SHA-1" or "SCRAM-SHA-256"; no CHECK, so adding
+    #: a family later needs no table rebuild.
+    Column("mechanism", String(32), primary_key=True),
+    Column("salt", LargeBinary, nullable=False),
+    Column("stored_key", LargeBinary, nullable=False),
+    Column("server_key", LargeBinary, nullable=False),
+    Column("iterations", Integer, nullable=False),
+    ForeignKeyConstraint(
+        ["host", "username"],
+        ["users.host", "users.username"],
+        ondelete="CASCADE",
+        name="fk_credentials_user",
+    ),
+)
+
+roster_items = Table(
+    "roster_items",
+    metadata,
+    *_owner(),
+    Column("contact", String(BARE_JID_LENGTH), primary_key=True),
+    Column("name", Text),
+    Column("subscription", String(4), nullable=False),
+    Column("ask", Boolean(create_constraint=False), nullable=False),
+    Column("approved", Boolean(create_constraint=False), nullable=False),
+    #: JSON array of group names, in the order the client sent them.
+    Column("groups", Text, nullable=False),
+    CheckConstraint(
+        "subscription IN (" + ", ".join(f"'{s}'" for s in SUBSCRIPTIONS) + ")",
+        name="ck_roster_items_subscription",
+    ),
+)
+
+roster_pending_in = Table(
+    "roster_pending_in",
+    metadata,
+    *_owner(),
+    Column("contact", String(BARE_JID_LENGTH), primary_key=True),
+)
+
+roster_versions = Table(
+    "roster_versions",
+    metadata,
+    *_owner(),
+    Column("version", Integer, nullable=False),
+)
+
+offline_messages = Table(
+    "offline_messages",
+    metadata,
+    #: Increases with every insert: the delivery order.
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    *_owner(primary_key=False),
+    Column("stanza", Text, nullable=False),
+    Column("stored_at", DateTime(timezone=True), nullable=False),
+    Index("ix_offline_messages_owner", "host", "username", "id"),
+    # Never reuse the id of a delivered message, even the highest one.
+    sqlite_autoincrement=True,
+)
+
+privacy_lists = Table(
+    "privacy_lists",
+    metadata,
+    *_owner(),
+    Column("name", String(PART_LENGTH), primary_key=True),
+    #: JSON array of the items, each {order, action, type, value, stanzas}; "items"
+    #: itself would clash with the Python name of a column collection method.
+    Column("items_json", Text, nullable=False),
+)
+
+privacy_default = Table(
+    "privacy_default",
+    metadata,
+    *_owner(),
+    Column("name", String(PART_LENGTH), nullable=False),
+)
+
+#: The tables every user's data lives in, children before parents, for deletion.
+USER_TABLES = (
+    credentials,
+    roster_items,
+    roster_pending_in,
+    roster_versions,
+    offline_messages,
+    privacy_lists,
+    privacy_default,
+    users,
+)
+
+
+def _create_initial_tables(connection: Connection) -> None:
+    """Version 1: every table as first released.
+
+    This creates the tables from L{metadata} as it stands. When a later step
+    alters one of them, give this step its own copy of the version-1 definition
+    first, so that it keeps producing the version-1 schema the later step expects.
+    """
+    metadata.create_all(connection, tables=list(USER_TABLES), checkfirst=False)
+
+
+Migration = Callable[[Connection], None]
+
+#: Step N turns a version N-1 database into version N. Append, never edit.
+MIGRATIONS: list[Migration] = [_create_initial_tables]
+
+
+def current_version(connection: Connection) -> int:
+    """The version recorded in the database; 0 for a database we never touched."""
+    if not inspect(connection).has_table(schema_version.name):
+        return 0
+    return connection.execute(select(schema_version.c.version)).scalar_one_or_none() or 0
+
+
+def migrate(
+    connection: Connection,
+    steps: Sequence[Migration] | None = None,
+    target: int | None = None,
+) -> int:
+    """Run the missing steps inside the caller's transaction; return the new version.
+
+    C{steps} defaults to L{MIGRATIONS} and C{target} to the last of them; both
+    exist so that tests can build a database at an older version.
+    """
+    steps = MIGRATIONS if steps is None else steps
+    target = len(steps) if target is None else target
+    version = current_version(connection)
+    if version > len(steps):
+        raise StoreError(
+            f"database schema version {version} is newer than this server knows"
+            f" ({len(steps)}); upgrade the server"
+        )
+    if version >= target:
+        return version
+    if version == 0:
+        schema_version.create(connection, checkfirst=True)
+        connection.execute(schema_version.insert().values(version=0))
+    for number in range(version + 1, target + 1):
+        steps[number - 1](connection)
+    connection.execute(schema_version.update().values(version=target))
+    return target

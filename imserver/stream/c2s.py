@@ -1,0 +1,479 @@
+"""Client-to-server streams: header checks, STARTTLS, SASL, resource binding.
+
+Built on Twisted Words' XmlStream and ListenAuthenticator: the stream owns
+parsing, limits, sending and lifecycle; the authenticator owns negotiation
+(RFC 6120 §4-§7). Once a resource is bound, every stanza goes straight to the
+dispatcher, keeping the order in which the client sent them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import secrets
+from collections import deque
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer, protocol, reactor, task
+from twisted.logger import Logger
+from twisted.words.protocols.jabber import xmlstream
+from twisted.words.protocols.jabber.error import StanzaError, StreamError
+from twisted.words.protocols.jabber.xmpp_stringprep import nameprep, resourceprep
+from twisted.words.xish import domish
+
+from imserver.jid import JID
+from imserver.session import Session
+from imserver.stream import sasl
+from imserver.stream.parser import ParserLimits, RestrictedElementStream, StreamViolation
+
+if TYPE_CHECKING:
+    from imserver.server import Server
+
+log = Logger()
+
+NS_CLIENT = "jabber:client"
+NS_STREAMS = "http://etherx.jabber.org/streams"
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+NS_SASL_CB = "urn:xmpp:sasl-cb:0"
+NS_REGISTER = "jabber:iq:register"
+
+STANZAS = frozenset(("message", "presence", "iq"))
+#: Stanzas queued behind an asynchronous handler before we stop reading the socket.
+MAX_QUEUED = 64
+
+
+class C2SAuthenticator(xmlstream.ListenAuthenticator):
+    """Negotiates one client stream up to a bound resource.
+
+    States: "tls" (before STARTTLS when it is required), "sasl", "bind" and
+    finally "bound", when the stream hands stanzas to the dispatcher.
+    """
+
+    namespace = NS_CLIENT
+
+    def __init__(self, server: Server) -> None:
+        super().__init__()
+        self.server = server
+        self.host: str | None = None
+        self.username: str | None = None
+        self.restarts = 0
+        self.failures = 0
+        self.mechanism = None
+        self.offered: list[str] = []
+        self.busy = False
+
+    @property
+    def xs(self) -> C2SStream:
+        return self.xmlstream
+
+    # -- stream header -----------------------------------------------------
+
+    def streamStarted(self, rootElement: domish.Element) -> None:
+        xs = self.xs
+        xs.namespace = NS_CLIENT
+        xs.sid = secrets.token_hex(8)
+        self.restarts += 1
+        if self.username is None and self.restarts > self.server.limits.max_stream_restarts + 1:
+            return xs.fail("policy-violation", "too many stream restarts")
+        if rootElement.uri != NS_STREAMS or rootElement.name != "stream":
+            return xs.fail("invalid-namespace", "the root must be <stream:stream>")
+        if rootElement.defaultUri != NS_CLIENT:
+            return xs.fail("invalid-namespace", "the content namespace must be jabber:client")
+        to = rootElement.getAttribute("to")
+        if not to:
+            return xs.fail("host-unknown", "the stream header needs a 'to'")
+        try:
+            host = nameprep.prepare(to)
+        except UnicodeError:
+            return xs.fail("host-unknown")
+        if host not in self.server.hosts or (self.host is not None and host != self.host):
+            return xs.fail("host-unknown", f"{to} is not served here")
+        self.host = host
+        xs.thisEntity = JID(host)
+        version = rootElement.getAttribute("version", "0.0")
+        try:
+            major = int(version.split(".")[0])
+        except ValueError:
+            return xs.fail("unsupported-version")
+        if major < 1:
+            return xs.fail("unsupported-version", "XMPP 1.0 is required")
+        xs.version = (1, 0)
+        xs.sendHeader()
+        xs.send(self.features())
+
+    def features(self) -> domish.Element:
+        features = domish.Element((NS_STREAMS, "features"))
+        if self.username is None:
+            if not self.xs.secure and self.server.tls is not None:
+                starttls = features.addElement((NS_TLS, "starttls"))
+                if not self.xs.plaintext_allowed:
+                    starttls.addElement("required")
+            if self.xs.secure or self.xs.plaintext_allowed:
+                self.offered = sasl.offered_mechanisms(self.xs.secure, True)
+                mechanisms = features.addElement((NS_SASL, "mechanisms"))
+                for name in self.offered:
+                    mechanisms.addElement("mechanism", content=name)
+                if self.xs.secure:
+                    bindings = features.addElement((NS_SASL_CB, "sasl-channel-binding"))
+                    for cb_type in sasl.CHANNEL_BINDINGS:
+                        bindings.addElement("channel-binding")["type"] = cb_type
+                self._add_plugin_features(features, "preauth")
+        else:
+            features.addElement((NS_BIND, "bind"))
+            self._add_plugin_features(features, "bound")
+        return features
+
+    def _add_plugin_features(self, features: domish.Element, stage: str) -> None:
+        for factory in self.server.stream_features[stage]:
+            element = factory(self.xs)
+            if element is not None:
+                features.addChild(element)
+
+    # -- negotiation -------------------------------------------------------
+
+    def negotiate(self, element: domish.Element) -> None:
+        """Handle a top-level element received before a resource is bound."""
+        if self.busy:
+            return self.xs.fail("policy-violation", "wait for the answer")
+        uri, name = element.uri, element.name
+        if self.username is None:
+            if uri == NS_TLS and name == "starttls":
+                return self.starttls()
+            if uri == NS_SASL:
+                return self.sasl(element)
+            if uri == NS_CLIENT and name == "iq" and self._is_register(element):
+                return self.server.dispatcher.dispatch_preauth(element, self.xs)
+            return self.xs.fail("not-authorized")
+        if uri == NS_CLIENT and name == "iq" and element.getAttribute("type") == "set":
+            bind = next(element.elements(NS_BIND, "bind"), None)
+            if bind is not None:
+                return self.bind(element, bind)
+        return self.xs.fail("not-authorized", "bind a resource first")
+
+    @staticmethod
+    def _is_register(iq: domish.Element) -> bool:
+        return next(iq.elements(NS_REGISTER, "query"), None) is not None
+
+    def starttls(self) -> None:
+        xs = self.xs
+        if xs.secure or self.server.tls is None:
+            xs.send(domish.Element((NS_TLS, "failure")))
+            xs.sendFooter()
+            xs.transport.loseConnection()
+            return
+        xs.send(domish.Element((NS_TLS, "proceed")))
+        xs.transport.startTLS(self.server.tls.options)
+        xs.secure = True
+        xs.reset()
+
+    def sasl(self, element: domish.Element) -> None:
+        xs = self.xs
+        if element.name == "abort":
+            self.mechanism = None
+            return self.sasl_failure(sasl.SASLFailure("aborted"))
+        if not (xs.secure or xs.plaintext_allowed):
+            return self.sasl_failure(sasl.SASLFailure("encryption-required"))
+        try:
+            data = _decode_sasl(element)
+        except sasl.SASLFailure as failure:
+            return self.sasl_failure(failure)
+        if element.name == "auth":
+            try:
+                self.mechanism = sasl.make_mechanism(
+                    element.getAttribute("mechanism", ""),
+                    self._lookup,
+                    self.host,
+                    ("tls-server-end-point", self.server.tls.server_end_point)
+                    if xs.secure and self.server.tls is not None
+                    else None,
+                    self.offered,
+                )
+            except sasl.SASLFailure as failure:
+                return self.sasl_failure(failure)
+            step = self.mechanism.start
+        elif element.name == "response" and self.mechanism is not None:
+            step = self.mechanism.step
+        else:
+            return self.sasl_failure(sasl.SASLFailure("malformed-request"))
+
+        self.busy = True
+        delay = self.server.auth_throttle.delay(xs.peer_address)
+        d = (
+            defer.maybeDeferred(step, data)
+            if delay == 0
+            else _later(delay).addCallback(lambda _: step(data))
+        )
+        d.addCallbacks(self.sasl_step, self.sasl_error)
+        d.addBoth(self._not_busy)
+
+    def _not_busy(self, _) -> None:
+        self.busy = False
+
+    def _lookup(self, username: str) -> defer.Deferred:
+        d = self.server.when_ready()
+        d.addCallback(lambda _: self.server.store.get_credentials(username, self.host))
+        return d
+
+    def sasl_step(self, result: sasl.Challenge | sasl.Success) -> None:
+        xs = self.xs
+        if xs.transport is None or xs.closed:
+            return
+        if isinstance(result, sasl.Challenge):
+            xs.send(_sasl_element("challenge", result.data))
+            return
+        self.mechanism = None
+        self.username = result.username
+        self.server.auth_throttle.succeeded(xs.peer_address)
+        log.info(
+            "{peer} authenticated as {user}@{host}",
+            peer=xs.peer_address,
+            user=self.username,
+            host=self.host,
+        )
+        xs.send(_sasl_element("success", result.data))
+        xs.authenticated()
+        xs.reset()
+
+    def sasl_error(self, failure) -> None:
+        if failure.check(sasl.SASLFailure):
+            return self.sasl_failure(failure.value)
+        log.failure("SASL mechanism failed", failure)
+        self.sasl_failure(sasl.SASLFailure("temporary-auth-failure"))
+
+    def sasl_failure(self, failure: sasl.SASLFailure) -> None:
+        xs = self.xs
+        if xs.transport is None or xs.closed:
+            return
+        self.mechanism = None
+        element = domish.Element((NS_SASL, "failure"))
+        element.addElement(failure.condition)
+        if failure.text:
+            element.addElement("text", content=failure.text)
+        xs.send(element)
+        if failure.condition in ("aborted", "encryption-required", "invalid-mechanism"):
+            return
+        self.failures += 1
+        self.server.auth_throttle.failed(xs.peer_address)
+        log.info(
+            "{peer} failed to authenticate: {condition}",
+            peer=xs.peer_address,
+            condition=failure.condition,
+        )
+        if self.failures >= self.server.limits.max_auth_failures_per_stream:
+            xs.fail("policy-violation", "too many failed authentication attempts")
+
+    def bind(self, iq: domish.Element, bind: domish.Element) -> None:
+        xs = self.xs
+        requested = str(next(bind.elements(NS_BIND, "resource"), "") or "").strip()
+        try:
+            resource = resourceprep.prepare(requested) if requested else ""
+        except UnicodeError:
+            resource = None
+        if resource is None or len(resource.encode()) > 1023:
+            return xs.send(StanzaError("bad-request", text="invalid resource").toResponse(iq))
+        if not resource:
+            resource = secrets.token_hex(6)
+        jid = JID(tuple=(self.username, self.host, resource))
+        previous = self.server.sessions.get(jid.userhost(), resource)
+        if previous is not None:
+            previous.stream.fail("conflict", "replaced by a new session")
+        session = Session(jid, xs)
+        xs.session = session
+        self.server.bind(session)
+        result = xmlstream.toResponse(iq, "result")
+        result.addElement((NS_BIND, "bind")).addElement("jid", content=jid.full())
+        xs.send(result)
+
+
+class C2SStream(xmlstream.XmlStream):
+    """One client connection: parsing with limits, timeouts, ordered dispatch."""
+
+    def __init__(self, server: Server, direct_tls: bool) -> None:
+        super().__init__(C2SAuthenticator(server))
+        self.server = server
+        self.secure = direct_tls
+        self.session: Session | None = None
+        self.closed = False
+        self.peer_address = ""
+        self.plaintext_allowed = False
+        self._timeout = None
+        self._busy: defer.Deferred | None = None
+        self._queue: deque[domish.Element] = deque()
+        self._paused = False
+        #: Fires when the connection is gone (shutdown waits for it).
+        self.lost: defer.Deferred = defer.Deferred()
+        limits = server.limits
+        self._parser_limits = ParserLimits(
+            max_stanza_size=limits.max_stanza_size,
+            max_depth=limits.max_depth,
+            max_attributes=limits.max_attributes,
+            max_namespaces=limits.max_namespaces,
+            max_attribute_length=limits.max_attribute_length,
+        )
+
+    # -- connection lifecycle ---------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.peer_address = getattr(self.transport.getPeer(), "host", "")
+        loopback = _is_loopback(self.peer_address)
+        self.plaintext_allowed = loopback and self.server.settings.c2s.allow_plaintext_on_loopback
+        self.server.streams.add(self)
+        self._timeout = reactor.callLater(
+            self.server.limits.unauthenticated_timeout, self.fail, "connection-timeout"
+        )
+        log.info("c2s connection from {peer}", peer=self.peer_address)
+        super().connectionMade()
+
+    def authenticated(self) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+
+    def connectionLost(self, reason) -> None:
+        self.closed = True
+        self.server.streams.discard(self)
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        session, self.session = self.session, None
+        if session is not None:
+            self.server.unbind(session)
+        log.info("c2s connection from {peer} closed", peer=self.peer_address)
+        super().connectionLost(reason)
+        self.lost.callback(None)
+
+    def _initializeStream(self) -> None:
+        # Twisted's hook for a (re)started stream: our parser instead of domish's.
+        self.stream = RestrictedElementStream(self._parser_limits)
+        self.stream.DocumentStartEvent = self.onDocumentStart
+        self.stream.ElementEvent = self.onElement
+        self.stream.DocumentEndEvent = self.onDocumentEnd
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self.stream.parse(data)
+        except StreamViolation as violation:
+            self.fail(violation.condition, violation.text or None)
+
+    def onDocumentStart(self, rootElement: domish.Element) -> None:
+        # Twisted's version would watch for stream errors with an XPath observer;
+        # we look at each element ourselves (see onElement).
+        self.authenticator.streamStarted(rootElement)
+
+    def onDocumentEnd(self) -> None:
+        """The client closed its stream: close ours too (RFC 6120 §4.4)."""
+        if not self.closed:
+            self.sendFooter()
+        self.closed = True
+        self.transport.loseConnection()
+
+    def fail(self, condition: str, text: str | None = None) -> None:
+        """Close with a stream error (RFC 6120 §4.9); the session ends at once."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.namespace == "invalid":
+            self.namespace = NS_CLIENT
+        session, self.session = self.session, None
+        if session is not None:
+            self.server.unbind(session)
+        self.sendStreamError(StreamError(condition, text=text))
+
+    # -- stanzas -----------------------------------------------------------
+
+    def onElement(self, element: domish.Element) -> None:
+        if self.closed:
+            return
+        if element.uri == NS_STREAMS and element.name == "error":
+            self.closed = True
+            self.transport.loseConnection()
+            return
+        if self.session is None:
+            self.authenticator.negotiate(element)
+            return
+        if element.name not in STANZAS or element.uri != NS_CLIENT:
+            condition = "invalid-namespace" if element.uri != NS_CLIENT else ""
+            self.fail(condition or "unsupported-stanza-type")
+            return
+        if self._busy is not None:
+            self._queue.append(element)
+            if len(self._queue) >= MAX_QUEUED and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+            return
+        self._dispatch(element)
+
+    def _dispatch(self, element: domish.Element) -> None:
+        try:
+            pending = self.server.dispatcher.dispatch(element, self.session)
+        except Exception:
+            log.failure("dispatching {stanza!r} failed", stanza=element.toXml()[:200])
+            self.server.dispatcher.bounce(element, StanzaError("internal-server-error"))
+            return
+        if pending is not None:
+            self._busy = pending
+            pending.addBoth(self._resume)
+
+    def _resume(self, result) -> None:
+        self._busy = None
+        while self._queue and self._busy is None and self.session is not None:
+            self._dispatch(self._queue.popleft())
+        if self._paused and len(self._queue) < MAX_QUEUED // 2:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def send_stanza(self, stanza: domish.Element) -> None:
+        if not self.closed:
+            self.transport.write(stanza.toXml(defaultUri=NS_CLIENT).encode("utf-8"))
+
+    def send_bytes(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+
+class C2SFactory(protocol.ServerFactory):
+    """Builds client streams; C{direct_tls} for the XEP-0368 port."""
+
+    def __init__(self, server: Server, direct_tls: bool = False) -> None:
+        self.server = server
+        self.direct_tls = direct_tls
+
+    def buildProtocol(self, addr) -> C2SStream:
+        stream = C2SStream(self.server, self.direct_tls)
+        stream.factory = self
+        return stream
+
+
+def _decode_sasl(element: domish.Element) -> bytes | None:
+    """The base64 payload of a SASL element: None when absent, b'' for '='."""
+    text = str(element).strip()
+    if not text:
+        return None
+    if text == "=":
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise sasl.SASLFailure("incorrect-encoding") from None
+
+
+def _sasl_element(name: str, data: bytes | None) -> domish.Element:
+    element = domish.Element((NS_SASL, name))
+    if data:
+        element.addContent(base64.b64encode(data).decode("ascii"))
+    return element
+
+
+def _later(delay: float) -> defer.Deferred:
+    return task.deferLater(reactor, delay, lambda: None)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
