@@ -239,7 +239,30 @@ class Dispatcher:
         return self.run(("iq", type_, event.ns, "preauth"), event, then=self._unhandled)
 
     def route(self, event: Event) -> defer.Deferred | None:
-        """Deliver an event to whatever it is addressed to (the inbound phase)."""
+        """Deliver an event to whatever it is addressed to (the inbound phase).
+
+        Privacy lists and blocking (sender's outbound rules, recipient's inbound
+        rules) are consulted first, on every path: client stanzas and those the
+        server emits on a user's behalf (broadcasts, probe answers) alike.
+        """
+        verdict = self.server.privacy.check(event)
+        if verdict is None:
+            return self._route_allowed(event)
+        if isinstance(verdict, defer.Deferred):
+            return verdict.addCallback(self._after_privacy, event)
+        return self._blocked(event, verdict)
+
+    def _after_privacy(self, verdict: StanzaError | bool | None, event: Event):
+        if verdict is None:
+            return self._route_allowed(event)
+        return self._blocked(event, verdict)
+
+    def _blocked(self, event: Event, verdict: StanzaError | bool) -> None:
+        """A privacy rule stopped the stanza: answer with its error, or drop it (False)."""
+        if isinstance(verdict, StanzaError):
+            self._error(event, verdict)
+
+    def _route_allowed(self, event: Event) -> defer.Deferred | None:
         if event.target == "remote":
             return self._error(event, StanzaError("remote-server-not-found"))
         if event.kind == "iq":

@@ -25,3 +25,18 @@ class PrivacySettings:
 
     default: str | None = None
     lists: dict[str, list[PrivacyItem]] = field(default_factory=dict)
+
+
+class PrivacyEngine:
+    """Decides, for every routed stanza, whether privacy rules let it through.
+
+    L{check} returns None (deliver), a L{StanzaError} to answer the sender
+    with, False (drop silently), or a Deferred firing with one of those when
+    rules must first be loaded from the store.
+    """
+
+    def __init__(self, server) -> None:
+        self.server = server
+
+    def check(self, event):
+        return None

@@ -7,9 +7,11 @@ least one session and writes every change through to the store.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field, replace
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.words.xish import domish
 
 #: Subscription values stored on an item (RFC 6121 §2.1.2.5).
 SUBSCRIPTIONS = ("none", "to", "from", "both")
@@ -135,3 +137,42 @@ class RosterCache:
         """Drop a user's roster from memory (their last session ended)."""
         self._online.discard((user, host))
         self._rosters.pop((user, host), None)
+
+
+NS_ROSTER = "jabber:iq:roster"
+
+
+def item_element(item: RosterItem, removed: bool = False) -> domish.Element:
+    """The wire form of one roster item (RFC 6121 §2.1)."""
+    element = domish.Element((NS_ROSTER, "item"))
+    element["jid"] = item.jid
+    if removed:
+        element["subscription"] = "remove"
+        return element
+    element["subscription"] = item.subscription
+    if item.name:
+        element["name"] = item.name
+    if item.ask:
+        element["ask"] = "subscribe"
+    if item.approved:
+        element["approved"] = "true"
+    for group in item.groups:
+        element.addElement("group", content=group)
+    return element
+
+
+def push(router, bare: str, item: RosterItem, version: int, removed: bool = False) -> None:
+    """Send a roster push for one item to every interested resource (RFC 6121 §2.1.6)."""
+    sessions = router.interested(bare)
+    if not sessions:
+        return
+    query = domish.Element((NS_ROSTER, "query"))
+    query["ver"] = str(version)
+    query.addChild(item_element(item, removed))
+    for session in sessions:
+        iq = domish.Element((None, "iq"))
+        iq["type"] = "set"
+        iq["id"] = "push" + secrets.token_hex(6)
+        iq["to"] = session.full
+        iq.addChild(query)
+        session.send(iq)

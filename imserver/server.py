@@ -15,6 +15,7 @@ from imserver.config import Settings
 from imserver.dispatcher import Dispatcher
 from imserver.errors import ConfigError
 from imserver.interfaces import IFeature, IStore
+from imserver.privacy import PrivacyEngine
 from imserver.roster import RosterCache
 from imserver.router import Router
 from imserver.session import Session, SessionRegistry
@@ -43,6 +44,7 @@ class Server:
         self.router = Router(self)
         self.dispatcher = Dispatcher(self)
         self.rosters = RosterCache(store, settings.limits.roster_size)
+        self.privacy = PrivacyEngine(self)
         self.auth_throttle = AuthThrottle(
             settings.limits.auth_failure_delay, settings.limits.auth_failure_max_delay
         )

@@ -89,7 +89,11 @@ class StreamViolation(Exception):
 
 @dataclass(frozen=True)
 class ParserLimits:
-    """Per-stream resource limits; exceeding any of them is a policy-violation."""
+    """Per-stream resource limits; exceeding any of them is a policy-violation.
+
+    A stanza's size runs from the ``<`` of its start tag to the start of its end
+    tag, or to the last byte received while it is still open.
+    """
 
     max_stanza_size: int = 256 * 1024  # bytes of one top-level child (stanza) of the stream
     max_depth: int = 64  # element nesting inside a stanza (the stanza itself is depth 1)
@@ -227,7 +231,11 @@ class RestrictedElementStream:
         """Give bytes to expat, then bound what is still unfinished."""
         parser = self._parser
         if self._fed < 4:
-            self._head = (self._head + data)[:4]
+            # Expat would honour a UTF-16 byte-order mark or NUL pattern even
+            # though UTF-8 is forced, so look at the first bytes ourselves.
+            self._head = head = (self._head + data[:4])[:4]
+            if b"\x00" in head or head[:1] in (b"\xfe", b"\xff"):
+                raise StreamViolation("unsupported-encoding", "the stream must be UTF-8")
         self._fed += len(data)
         parser.Parse(data)
         consumed = max(parser.CurrentByteIndex, 0)
@@ -242,7 +250,7 @@ class RestrictedElementStream:
         if unfinished <= len(data):
             tail = data[-unfinished:]
         else:
-            tail = self._tail[len(self._tail) - (unfinished - len(data)) :] + data
+            tail = self._tail[max(0, len(self._tail) - (unfinished - len(data))) :] + data
         self._tail = tail
         if unfinished >= _HOLD_THRESHOLD:
             self._pending = bytearray()
@@ -270,12 +278,7 @@ class RestrictedElementStream:
         """Map an expat error to the stream error condition RFC 6120 asks for."""
         if exc.code in _ENTITY_ERRORS:
             return StreamViolation("restricted-xml", str(exc))
-        head = self._head
-        if (
-            exc.code in _ENCODING_ERRORS
-            or b"\x00" in head
-            or head.startswith((b"\xfe\xff", b"\xff\xfe"))
-        ):
+        if exc.code in _ENCODING_ERRORS:
             return StreamViolation("unsupported-encoding", "the stream must be UTF-8")
         return StreamViolation("not-well-formed", str(exc))
 
@@ -369,3 +372,23 @@ class RestrictedElementStream:
         # Text directly inside the root (whitespace keepalives) is dropped.
         if self._stack:
             self._text.append(data)
+
+
+_STORED_STREAM_HEADER = (
+    b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+)
+
+
+def parse_stanza(xml: str) -> Element:
+    """Parse one serialised jabber:client stanza (e.g. from the offline store).
+
+    The same restricted parser as for the wire, so stored data is held to the
+    same rules as data from a socket.
+    """
+    stanzas: list[Element] = []
+    stream = RestrictedElementStream()
+    stream.ElementEvent = stanzas.append
+    stream.parse(_STORED_STREAM_HEADER + xml.encode("utf-8") + b"</stream:stream>")
+    if len(stanzas) != 1:
+        raise StreamViolation("bad-format", "expected exactly one stanza")
+    return stanzas[0]

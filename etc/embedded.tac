@@ -1,0 +1,41 @@
+"""imserver embedded in an existing Twisted application, beside a web site.
+
+    twistd -n -y etc/embedded.tac
+
+IMSERVER_CONFIG and WEB_PORT (environment) override the defaults, so the
+tests can run this very file on ports of their own.
+"""
+
+import os
+
+from twisted.application import service, strports
+from twisted.web import resource, server
+
+from imserver import config
+from imserver.service import makeService
+
+
+class Status(resource.Resource):
+    """The host application's own page: here, how many XMPP sessions are bound."""
+
+    isLeaf = True
+
+    def __init__(self, xmpp):
+        super().__init__()
+        self.xmpp = xmpp
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return f"sessions: {len(self.xmpp.server.sessions)}\n".encode()
+
+
+here = os.path.dirname(os.path.abspath(__file__))
+settings = config.load(os.environ.get("IMSERVER_CONFIG", os.path.join(here, "imserver.toml")))
+
+application = service.Application("web site with XMPP")
+xmpp = makeService(settings)
+xmpp.setServiceParent(application)
+web = strports.service(
+    f"tcp:{os.environ.get('WEB_PORT', '8080')}:interface=127.0.0.1", server.Site(Status(xmpp))
+)
+web.setServiceParent(application)

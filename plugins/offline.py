@@ -1,0 +1,65 @@
+"""XEP-0160 offline messages: stored durably, delivered in order at the next login.
+
+Runs after the messages plugin in the chain, so it sees exactly the chat and
+normal messages that found no available resource. Each is stamped with a
+XEP-0203 delay; a full store bounces with service-unavailable.
+"""
+
+from datetime import UTC, datetime
+
+from twisted.internet import defer
+from twisted.plugin import IPlugin
+from twisted.words.protocols.jabber.error import StanzaError
+from tx_xmpp.delay import Delay
+from zope.interface import implementer
+
+from imserver.interfaces import IFeature
+from imserver.jid import parse_jid
+from imserver.stream.parser import parse_stanza
+
+NS_OFFLINE = "msgoffline"
+
+
+@implementer(IPlugin, IFeature)
+class Offline:
+    name = "offline"
+    disco_features = (NS_OFFLINE,)
+
+    def attach(self, server) -> None:
+        self.server = server
+        self.store = server.store
+        for type_ in ("normal", "chat"):
+            server.dispatcher.on(("message", type_, "bare"), self.store_message, priority=-10)
+        server.dispatcher.hook("initial-presence", self.deliver_stored)
+
+    @defer.inlineCallbacks
+    def store_message(self, event):
+        user, host = event.to.user, event.to.host
+        if not (yield self.store.user_exists(user, host)):
+            raise StanzaError("service-unavailable")
+        stanza = event.stanza
+        delay = Delay(datetime.now(UTC), sender=parse_jid(host))
+        element = delay.toElement()
+        element.addContent("Offline Storage")
+        stanza.addChild(element)
+        stored = yield self.store.store_offline(
+            user,
+            host,
+            stanza.toXml(defaultUri="jabber:client"),
+            self.server.limits.offline_messages,
+        )
+        if not stored:
+            stanza.children.remove(element)
+            raise StanzaError("service-unavailable", text="offline storage is full")
+        return True
+
+    @defer.inlineCallbacks
+    def deliver_stored(self, session):
+        """At initial presence with non-negative priority (XEP-0160 §3)."""
+        if session.priority < 0:
+            return
+        for xml in (yield self.store.pop_offline(session.user, session.host)):
+            session.send(parse_stanza(xml))
+
+
+feature = Offline()

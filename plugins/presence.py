@@ -1,0 +1,162 @@
+"""RFC 6121 §4 presence: initial presence, broadcasts, probes, directed presence.
+
+Broadcasts go through the dispatcher one contact at a time, so every rule
+that applies to routed presence (privacy lists among them) applies to them
+too; each contact's copy is serialised once for all of its resources.
+"""
+
+from twisted.internet import defer
+from twisted.plugin import IPlugin
+from twisted.words.protocols.jabber.error import StanzaError
+from twisted.words.xish import domish
+from zope.interface import implementer
+
+from imserver.interfaces import IFeature
+from imserver.jid import parse_jid
+from imserver.router import readdressed
+
+NS_CLIENT = "jabber:client"
+
+
+def _priority(stanza: domish.Element) -> int:
+    element = next(stanza.elements(NS_CLIENT, "priority"), None)
+    if element is None:
+        return 0
+    try:
+        value = int(str(element).strip())
+    except ValueError:
+        raise StanzaError("bad-request", text="priority must be an integer") from None
+    if not -128 <= value <= 127:
+        raise StanzaError("bad-request", text="priority must be in -128..127")
+    return value
+
+
+def _unavailable(sender: str) -> domish.Element:
+    presence = domish.Element((None, "presence"))
+    presence["type"] = "unavailable"
+    presence["from"] = sender
+    return presence
+
+
+@implementer(IPlugin, IFeature)
+class Presence:
+    name = "presence"
+    disco_features = ()
+
+    def attach(self, server) -> None:
+        self.server = server
+        self.router = server.router
+        dispatcher = self.dispatcher = server.dispatcher
+        for type_ in ("available", "unavailable"):
+            dispatcher.on(("out", "presence", type_), self.outbound)
+            for target in ("bare", "full"):
+                dispatcher.on(("presence", type_, target), self.inbound)
+        for target in ("bare", "full"):
+            dispatcher.on(("presence", "probe", target), self.probe)
+            dispatcher.on(("presence", "error", target), self.inbound_error)
+        dispatcher.hook("session-ended", self.session_ended)
+
+    # -- the user's own presence -------------------------------------------
+
+    def outbound(self, event):
+        if event.stanza.getAttribute("to") is None:
+            return self.broadcast(event.origin, event.stanza, event.type)
+        # Directed presence (RFC 6121 §4.6): remember who must hear we left.
+        if event.type == "available":
+            event.origin.directed.add(event.to.full())
+        else:
+            event.origin.directed.discard(event.to.full())
+        return False
+
+    @defer.inlineCallbacks
+    def broadcast(self, session, stanza: domish.Element, type_: str):
+        """Send the user's presence to subscribers and own resources (RFC 6121 §4.2, §4.4, §4.5)."""
+        initial = False
+        if type_ == "available":
+            session.priority = _priority(stanza)
+            initial = not session.available
+            session.available = True
+            session.presence = stanza
+        else:
+            session.available = False
+            session.presence = None
+        roster = yield self.server.rosters.get(session.user, session.host, keep=True)
+        subscribers = [item.jid for item in roster.items.values() if item.subscribed_from]
+        for contact in subscribers:
+            self._send(readdressed(stanza, contact), session.jid, contact)
+        for own in self.server.sessions.of(session.bare):
+            if own.available or own is session:
+                own.send(readdressed(stanza, own.full))
+        if type_ == "unavailable":
+            for jid in session.directed.difference(subscribers):
+                self._send(readdressed(stanza, jid), session.jid, jid)
+            session.directed.clear()
+        if initial:
+            self._probe_contacts(session, roster)
+            yield self.dispatcher.fire("initial-presence", session)
+        return True
+
+    def _probe_contacts(self, session, roster) -> None:
+        """Ask each contact we are subscribed to for its presence (RFC 6121 §4.2.2)."""
+        for own in self.server.sessions.of(session.bare):
+            if own is not session and own.available:
+                session.send(readdressed(own.presence, session.full))
+        for item in roster.items.values():
+            if not item.subscribed_to:
+                continue
+            contact = parse_jid(item.jid)
+            # A local contact with no session has nothing to report: skip the probe.
+            if contact.host in self.server.hosts and not self.server.sessions.of(item.jid):
+                continue
+            probe = domish.Element((None, "presence"))
+            probe["type"] = "probe"
+            probe["from"] = session.full
+            probe["to"] = item.jid
+            self.dispatcher.deliver(probe, session.jid, contact)
+
+    def session_ended(self, session) -> None:
+        """A stream closed: its resource goes unavailable if it had not said so (§4.5.2)."""
+        if session.available or session.directed:
+            self.broadcast(session, _unavailable(session.full), "unavailable")
+
+    def _send(self, stanza: domish.Element, sender, to: str) -> None:
+        self.dispatcher.deliver(stanza, sender, parse_jid(to))
+
+    # -- presence addressed to a local user ---------------------------------
+
+    def inbound(self, event) -> bool:
+        """Deliver presence to the available resources (bare) or the one resource (full)."""
+        if event.target == "full":
+            session = self.server.sessions.get(event.to.userhost(), event.to.resource)
+            if session is not None:
+                session.send(event.stanza)
+            return True
+        self.router.send_to_sessions(self.router.available(event.to.userhost()), event.stanza)
+        return True
+
+    def inbound_error(self, event) -> bool:
+        if event.target == "full":
+            return self.inbound(event)
+        return True  # RFC 6121 §8.5.2.1.2: a presence error to a bare JID is dropped
+
+    @defer.inlineCallbacks
+    def probe(self, event):
+        """Answer a probe from a subscriber with the last presence of each resource (§4.3.2).
+
+        Probes from anyone not subscribed get no answer, which reveals nothing.
+        """
+        bare = event.to.userhost()
+        available = self.router.available(bare)
+        if not available:
+            return True
+        roster = yield self.server.rosters.get(event.to.user, event.to.host, keep=True)
+        item = roster.items.get(event.sender.userhost())
+        if item is None or not item.subscribed_from:
+            return True
+        prober = event.sender.full()
+        for session in available:
+            self._send(readdressed(session.presence, prober), session.jid, prober)
+        return True
+
+
+feature = Presence()

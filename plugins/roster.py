@@ -1,0 +1,139 @@
+"""RFC 6121 §2 roster management: get (with versioning), set, remove, pushes.
+
+Removing a contact also cancels the subscriptions both ways (RFC 6121 §2.5.2,
+RFC 3921 §8.6): the server sends unsubscribe and unsubscribed on the user's
+behalf, which the contact's side processes like any other such stanza.
+"""
+
+from twisted.internet import defer
+from twisted.plugin import IPlugin
+from twisted.words.protocols.jabber.error import StanzaError
+from twisted.words.xish import domish
+from zope.interface import implementer
+
+from imserver import roster as model
+from imserver.interfaces import IFeature
+from imserver.jid import InvalidFormat, parse_jid
+from imserver.roster import NS_ROSTER, RosterItem
+
+NS_ROSTER_VER = "urn:xmpp:features:rosterver"
+
+
+def _roster_ver_feature(stream) -> domish.Element:
+    return domish.Element((NS_ROSTER_VER, "ver"))
+
+
+def _forbidden(event) -> bool:
+    raise StanzaError("forbidden", text="only your own roster")
+
+
+@implementer(IPlugin, IFeature)
+class Roster:
+    name = "roster"
+    disco_features = ()
+
+    def attach(self, server) -> None:
+        self.server = server
+        server.add_stream_feature("bound", _roster_ver_feature)
+        dispatcher = server.dispatcher
+        dispatcher.on(("iq", "get", NS_ROSTER, "self"), self.get)
+        dispatcher.on(("iq", "set", NS_ROSTER, "self"), self.set)
+        for iq_type in ("get", "set"):
+            dispatcher.on(("iq", iq_type, NS_ROSTER, "bare"), _forbidden)
+            dispatcher.on(("iq", iq_type, NS_ROSTER, "host"), _forbidden)
+
+    @defer.inlineCallbacks
+    def get(self, event):
+        session = event.origin
+        roster = yield self.server.rosters.get(session.user, session.host, keep=True)
+        session.interested = True
+        requested = event.stanza.firstChildElement().getAttribute("ver")
+        if requested is not None and requested == str(roster.version):
+            # RFC 6121 §2.6.3: up to date, so an empty result; changes come as pushes.
+            event.answer()
+            return
+        query = domish.Element((NS_ROSTER, "query"))
+        query["ver"] = str(roster.version)
+        for item in roster.items.values():
+            query.addChild(model.item_element(item))
+        event.answer(query)
+
+    @defer.inlineCallbacks
+    def set(self, event):
+        session = event.origin
+        element = _single_item(event.stanza.firstChildElement())
+        contact = _contact(element)
+        subscription = element.getAttribute("subscription")
+        roster = yield self.server.rosters.get(session.user, session.host, keep=True)
+        if subscription == "remove":
+            yield self._remove(event, roster, contact)
+            return
+        # RFC 6121 §2.1.2.5: in a roster set "the server MUST ignore all values
+        # of the 'subscription' attribute other than 'remove'" (so do 'ask' and
+        # 'approved': only the subscription stanzas change them).
+        groups = _groups(element)
+        existing = roster.items.get(contact)
+        if existing is None and len(roster.items) >= self.server.rosters.max_items:
+            raise StanzaError(
+                "not-allowed", type="cancel", text="resource-constraint: the roster is full"
+            )
+        name = element.getAttribute("name") or None
+        item = (existing or RosterItem(contact)).evolve(name=name, groups=groups)
+        version = yield self.server.rosters.write(
+            session.user, session.host, roster, items={contact: item}
+        )
+        event.answer()
+        model.push(self.server.router, session.bare, item, version)
+
+    @defer.inlineCallbacks
+    def _remove(self, event, roster, contact: str):
+        session = event.origin
+        item = roster.items.get(contact)
+        if item is None:
+            raise StanzaError("item-not-found")
+        version = yield self.server.rosters.write(
+            session.user, session.host, roster, items={contact: None}, pending_in={contact: False}
+        )
+        event.answer()
+        model.push(self.server.router, session.bare, item, version, removed=True)
+        user = parse_jid(session.bare)
+        if item.subscribed_to or item.ask:
+            self._send_presence(user, contact, "unsubscribe")
+        if item.subscribed_from or contact in roster.pending_in:
+            self._send_presence(user, contact, "unsubscribed")
+
+    def _send_presence(self, user, contact: str, type_: str) -> None:
+        presence = domish.Element((None, "presence"))
+        presence["type"] = type_
+        presence["from"] = user.full()
+        presence["to"] = contact
+        self.server.dispatcher.deliver(presence, user, parse_jid(contact))
+
+
+def _single_item(query: domish.Element) -> domish.Element:
+    items = list(query.elements(NS_ROSTER, "item"))
+    if len(items) != 1:
+        raise StanzaError("bad-request", text="a roster set carries exactly one item")
+    return items[0]
+
+
+def _contact(item: domish.Element) -> str:
+    try:
+        jid = parse_jid(item.getAttribute("jid", ""))
+    except InvalidFormat:
+        raise StanzaError("bad-request", text="invalid jid") from None
+    if jid.resource is not None:
+        raise StanzaError("bad-request", text="roster items are bare JIDs")
+    return jid.userhost()
+
+
+def _groups(item: domish.Element) -> tuple[str, ...]:
+    groups = [str(g).strip() for g in item.elements(NS_ROSTER, "group")]
+    if any(not g for g in groups):
+        raise StanzaError("not-acceptable", text="empty group name")
+    if len(set(groups)) != len(groups):
+        raise StanzaError("bad-request", text="duplicate group")
+    return tuple(groups)
+
+
+feature = Roster()

@@ -1,0 +1,134 @@
+"""RFC 6121 §3 presence subscriptions, driven by the core's state table.
+
+Both ends are handled here: the user's outbound request or answer, and the
+inbound one at the contact's side. Every decision (new state, deliver or not,
+roster push, auto-reply, presence to send) comes from
+L{imserver.subscription.transition}; this module only carries it out.
+"""
+
+from twisted.internet import defer
+from twisted.plugin import IPlugin
+from twisted.words.xish import domish
+from zope.interface import implementer
+
+from imserver import roster as model
+from imserver import subscription as table
+from imserver.interfaces import IFeature
+from imserver.jid import parse_jid
+from imserver.router import readdressed
+
+KINDS = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
+NS_PRE_APPROVAL = "urn:xmpp:features:pre-approval"
+
+
+def _pre_approval_feature(stream) -> domish.Element:
+    return domish.Element((NS_PRE_APPROVAL, "sub"))
+
+
+def _presence(type_: str | None, sender: str, to: str) -> domish.Element:
+    presence = domish.Element((None, "presence"))
+    if type_ is not None:
+        presence["type"] = type_
+    presence["from"] = sender
+    presence["to"] = to
+    return presence
+
+
+@implementer(IPlugin, IFeature)
+class Subscriptions:
+    name = "subscriptions"
+    disco_features = ()
+
+    def attach(self, server) -> None:
+        self.server = server
+        self.dispatcher = server.dispatcher
+        server.add_stream_feature("bound", _pre_approval_feature)
+        for kind in KINDS:
+            self.dispatcher.on(("out", "presence", kind), self.outbound)
+            for target in ("bare", "full"):
+                self.dispatcher.on(("presence", kind, target), self.inbound)
+        self.dispatcher.hook("initial-presence", self.redeliver_pending)
+
+    @defer.inlineCallbacks
+    def outbound(self, event):
+        """The user subscribes, approves, cancels or refuses (RFC 6121 §3.1.2-§3.3.2)."""
+        session = event.origin
+        contact = event.to.userhost()
+        if contact == session.bare:
+            return True  # subscribing to oneself has no meaning; nothing to route
+        roster = yield self.server.rosters.get(session.user, session.host, keep=True)
+        outcome = yield self._transition(
+            session.user, session.host, roster, contact, "outbound", event.type
+        )
+        user = parse_jid(session.bare)
+        if outcome.deliver:
+            # §3.1.2: the server stamps the user's bare JID and routes to the contact's bare JID.
+            stanza = readdressed(event.stanza, contact, session.bare)
+            self.dispatcher.deliver(stanza, user, parse_jid(contact))
+        if outcome.send_presence:
+            self._send_own_presence(session.bare, contact, event.type == "subscribed")
+        return True
+
+    @defer.inlineCallbacks
+    def inbound(self, event):
+        """A contact's subscription stanza for a local user (RFC 6121 §3.1.3-§3.3.3)."""
+        user, host = event.to.user, event.to.host
+        bare = event.to.userhost()
+        contact = event.sender.userhost()
+        online = bool(self.server.sessions.of(bare))
+        if not online and not (yield self.server.store.user_exists(user, host)):
+            if event.type == "subscribe":  # §3.1.3: no such user
+                self._route(_presence("unsubscribed", bare, contact))
+            return True
+        roster = yield self.server.rosters.get(user, host, keep=online)
+        outcome = yield self._transition(user, host, roster, contact, "inbound", event.type)
+        if outcome.deliver:
+            stanza = readdressed(event.stanza, bare, contact)
+            router = self.server.router
+            router.send_to_sessions(router.available(bare), stanza)
+        if outcome.auto_reply is not None:
+            self._route(_presence(outcome.auto_reply, bare, contact))
+        if outcome.send_presence:
+            self._send_own_presence(bare, contact, event.type == "subscribe")
+        return True
+
+    @defer.inlineCallbacks
+    def _transition(self, user: str, host: str, roster, contact: str, direction: str, kind: str):
+        """Apply the table's answer to the stored roster; push if the item changed."""
+        item = roster.items.get(contact)
+        pending = contact in roster.pending_in
+        outcome = table.transition(
+            table.item_state(item, pending), direction, kind, item.approved if item else False
+        )
+        new_item = table.apply(item, contact, outcome)
+        items = {contact: new_item} if new_item != item else {}
+        pending_in = (
+            {contact: outcome.state.pending_in} if outcome.state.pending_in != pending else {}
+        )
+        if items or pending_in:
+            version = yield self.server.rosters.write(user, host, roster, items, pending_in)
+            if outcome.push and new_item is not None:
+                model.push(self.server.router, f"{user}@{host}", new_item, version)
+        return outcome
+
+    def _send_own_presence(self, bare: str, contact: str, available: bool) -> None:
+        """After granting or ending 'from': current presence, or unavailable (§3.1.5, §3.2.2)."""
+        for session in self.server.router.available(bare):
+            if available:
+                stanza = readdressed(session.presence, contact, session.full)
+            else:
+                stanza = _presence("unavailable", session.full, contact)
+            self.dispatcher.deliver(stanza, session.jid, parse_jid(contact))
+
+    def _route(self, stanza: domish.Element) -> None:
+        self.dispatcher.deliver(stanza, parse_jid(stanza["from"]), parse_jid(stanza["to"]))
+
+    @defer.inlineCallbacks
+    def redeliver_pending(self, session):
+        """Pending requests reach the user again at each login (RFC 6121 §3.1.3)."""
+        roster = yield self.server.rosters.get(session.user, session.host, keep=True)
+        for contact in sorted(roster.pending_in):
+            session.send(_presence("subscribe", contact, session.bare))
+
+
+feature = Subscriptions()
