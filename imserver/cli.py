@@ -75,8 +75,8 @@ def _run(settings: config.Settings) -> int:
 
     from imserver.service import makeService
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-    top = makeService(settings)
+    top = makeService(settings)  # config errors surface here, as one plain line
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     try:
         top.startService()
     except CannotListenError as e:

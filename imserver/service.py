@@ -65,9 +65,9 @@ class ServerService(service.Service):
 
 def makeService(settings: Settings) -> service.MultiService:
     """Build the whole server as one IService to run alone or beside others."""
+    server = Server(settings, open_store(settings.storage_url))  # checks the plugin list
     tls.ensure_certificate(settings.tls, settings.hosts)
-    server_tls = tls.load(settings.tls)
-    server = Server(settings, open_store(settings.storage_url), server_tls)
+    server.tls = server_tls = tls.load(settings.tls)
 
     top = service.MultiService()
     ServerService(server).setServiceParent(top)

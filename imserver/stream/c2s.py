@@ -438,6 +438,8 @@ class C2SStream(xmlstream.XmlStream):
 class C2SFactory(protocol.ServerFactory):
     """Builds client streams; C{direct_tls} for the XEP-0368 port."""
 
+    noisy = False  # one log line per connection comes from the stream itself
+
     def __init__(self, server: Server, direct_tls: bool = False) -> None:
         self.server = server
         self.direct_tls = direct_tls
