@@ -12,6 +12,7 @@ from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
 from imserver.jid import JID
+from imserver.serialize import stanza_bytes
 
 if TYPE_CHECKING:
     from imserver.server import Server
@@ -48,7 +49,7 @@ class Router:
         if len(sessions) == 1:
             sessions[0].send(stanza)
             return
-        data = stanza.toXml().encode("utf-8")
+        data = stanza_bytes(stanza)
         for session in sessions:
             session.send_bytes(data)
 

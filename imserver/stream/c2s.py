@@ -23,6 +23,7 @@ from twisted.words.protocols.jabber.xmpp_stringprep import nameprep, resourcepre
 from twisted.words.xish import domish
 
 from imserver.jid import JID
+from imserver.serialize import stanza_bytes
 from imserver.session import Session
 from imserver.stream import sasl
 from imserver.stream.parser import ParserLimits, RestrictedElementStream, StreamViolation
@@ -428,7 +429,7 @@ class C2SStream(xmlstream.XmlStream):
 
     def send_stanza(self, stanza: domish.Element) -> None:
         if not self.closed:
-            self.transport.write(stanza.toXml(defaultUri=NS_CLIENT).encode("utf-8"))
+            self.transport.write(stanza_bytes(stanza))
 
     def send_bytes(self, data: bytes) -> None:
         if not self.closed:
