@@ -41,8 +41,12 @@ def main(argv: list[str] | None = None) -> int:
             return _run(settings)
         return _account_command(settings, args)
     except (ConfigError, CommandError) as e:
-        print(f"imserver: {e}", file=sys.stderr)
+        # One line, whatever the message (store errors can span several).
+        print("imserver:", " ".join(str(e).split()), file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("imserver: interrupted", file=sys.stderr)
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,22 +79,40 @@ def _run(settings: config.Settings) -> int:
 
     from imserver.service import makeService
 
-    top = makeService(settings)  # config errors surface here, as one plain line
+    try:
+        top = makeService(settings)  # config errors surface here, as one plain line
+    except OSError as e:  # e.g. the certificate cannot be written
+        raise CommandError(f"{e.filename or 'startup'}: {e.strerror or e}") from None
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     try:
         top.startService()
     except CannotListenError as e:
+        # What did start (the store's threads) must stop before we can exit.
+        reactor.callWhenRunning(
+            lambda: defer.maybeDeferred(top.stopService).addBoth(lambda _: reactor.stop())
+        )
+        reactor.run(installSignalHandlers=False)
         raise CommandError(
             f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}"
         ) from None
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()
+    if not top.server.ready.called:
+        # ServerService stopped the reactor because the store did not open (logged above).
+        raise CommandError("the store could not be opened; see the log")
     return 0
 
 
 def _account_command(settings: config.Settings, args: argparse.Namespace) -> int:
     user, host = _account(settings, args.jid)
-    password = _password(args) if args.command in ("adduser", "passwd") else None
+    credentials = None
+    if args.command in ("adduser", "passwd"):
+        try:
+            credentials = make_credentials(_password(args))
+        except CommandError:
+            raise
+        except Exception:  # scramp's SASLprep refusal; the password itself is never shown
+            raise CommandError("the password has characters SASLprep does not allow") from None
 
     @defer.inlineCallbacks
     def work(reactor):
@@ -100,9 +122,9 @@ def _account_command(settings: config.Settings, args: argparse.Namespace) -> int
         yield store.start()
         try:
             if args.command == "adduser":
-                yield store.create_user(user, host, make_credentials(password))
+                yield store.create_user(user, host, credentials)
             elif args.command == "passwd":
-                yield store.set_credentials(user, host, make_credentials(password))
+                yield store.set_credentials(user, host, credentials)
             else:
                 yield store.delete_user(user, host)
         finally:
@@ -163,10 +185,19 @@ def _password(args: argparse.Namespace) -> str:
             lines = args.password_file.read_text(encoding="utf-8").splitlines()
         except OSError as e:
             raise CommandError(f"{args.password_file}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise CommandError(f"{args.password_file}: not UTF-8 text") from None
         password = lines[0] if lines else ""
     else:
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != password:
+        # getpass falls back to echoing stdin (with warnings) when there is no terminal.
+        if not sys.stdin.isatty():
+            raise CommandError("no terminal to ask for the password: use --password-file")
+        try:
+            password = getpass.getpass("Password: ")
+            again = getpass.getpass("Again: ")
+        except EOFError:
+            raise CommandError("no password given") from None
+        if again != password:
             raise CommandError("the passwords do not match")
     if not password:
         raise CommandError("the password is empty")

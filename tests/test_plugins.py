@@ -14,7 +14,7 @@ from support.client import RawClient, stanza_error
 from support.server import ServerStartError
 
 THIRD_PARTY_PLUGIN = textwrap.dedent(
-    '''
+    """
     from twisted.internet import reactor, task
     from twisted.plugin import IPlugin
     from twisted.words.protocols.jabber.error import StanzaError
@@ -64,7 +64,7 @@ THIRD_PARTY_PLUGIN = textwrap.dedent(
 
 
     feature = Probe()
-    '''
+    """
 )
 
 PLUGINS = ["sessions", "disco", "ping", "probe"]
@@ -100,7 +100,9 @@ def test_third_party_plugin_is_loaded_by_name_and_in_disco(plugin_server):
             "<iq type='get' id='d1' to='localhost'>"
             "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
         )
-        features = {f.get("var") for f in info.iter("{http://jabber.org/protocol/disco#info}feature")}
+        features = {
+            f.get("var") for f in info.iter("{http://jabber.org/protocol/disco#info}feature")
+        }
         assert "urn:test:probe" in features
         assert "urn:xmpp:ping" in features
         # Not loaded: version is not in this server's plugin list.
