@@ -12,6 +12,7 @@ from twisted.application import service, strports
 from twisted.web import resource, server
 
 from imserver import config
+from imserver.errors import ConfigError
 from imserver.service import makeService
 
 
@@ -30,10 +31,13 @@ class Status(resource.Resource):
 
 
 here = os.path.dirname(os.path.abspath(__file__))
-settings = config.load(os.environ.get("IMSERVER_CONFIG", os.path.join(here, "imserver.toml")))
+try:
+    settings = config.load(os.environ.get("IMSERVER_CONFIG", os.path.join(here, "imserver.toml")))
+    xmpp = makeService(settings)
+except ConfigError as e:  # one line naming the key, not a traceback
+    raise SystemExit(f"imserver: {e}") from None
 
 application = service.Application("web site with XMPP")
-xmpp = makeService(settings)
 xmpp.setServiceParent(application)
 web = strports.service(
     f"tcp:{os.environ.get('WEB_PORT', '8080')}:interface=127.0.0.1", server.Site(Status(xmpp))

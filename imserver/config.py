@@ -8,6 +8,7 @@ started from anywhere finds the same files.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ DEFAULT_PLUGINS = (
     "subscriptions",
     "messages",
     "offline",
+    "privacy",
+    "blocking",
 )
 
 
@@ -62,6 +65,17 @@ class Limits:
     #: First delay (seconds) after a failed login from an address; doubles per failure.
     auth_failure_delay: float = 0.5
     auth_failure_max_delay: float = 10.0
+    #: Bytes per second a client may send, sustained, after a burst of input_burst bytes.
+    input_rate: int = 64 * 1024
+    input_burst: int = 256 * 1024
+    #: Bytes held for a client that does not read before it is disconnected.
+    max_output_buffer: int = 1024 * 1024
+    #: Open client connections from one source address.
+    max_connections_per_address: int = 100
+    #: Loopback clients are not capped per address (local proxies, gateways).
+    exempt_loopback: bool = True
+    #: Connections not yet authenticated, from all addresses together.
+    max_unauthenticated: int = 1000
     roster_size: int = 1000
     offline_messages: int = 1000
 
@@ -105,6 +119,9 @@ def from_dict(raw: dict[str, Any], base: Path | None = None) -> Settings:
     if not data_dir.is_absolute():
         data_dir = (base or Path.cwd()) / data_dir
     plugins = tuple(server.list("plugins", list(DEFAULT_PLUGINS), str))
+    for name in plugins:
+        if plugins.count(name) > 1:
+            raise ConfigError(f"server.plugins: {name!r} is listed twice")
     allow_registration = server.bool("allow_registration", False)
 
     storage = reader.table("storage")
@@ -132,10 +149,14 @@ def from_dict(raw: dict[str, Any], base: Path | None = None) -> Settings:
     defaults = Limits()
     limit_values = {}
     for name, default in vars(defaults).items():
-        if isinstance(default, float):
+        if isinstance(default, bool):
+            limit_values[name] = limits.bool(name, default)
+        elif isinstance(default, float):
             limit_values[name] = limits.number(name, default)
         else:
             limit_values[name] = limits.positive_int(name, default)
+    if limit_values["unauthenticated_timeout"] == 0:
+        raise ConfigError("limits.unauthenticated_timeout: must be greater than 0")
 
     plugin_options = reader.table("plugin").raw
     for name, value in plugin_options.items():
@@ -197,8 +218,8 @@ class _Reader:
 
     def number(self, key: str, default: float) -> float:
         value = float(self._get(key, default, (int, float), "a number"))
-        if value < 0:
-            raise ConfigError(f"{self.prefix}{key}: must not be negative")
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{self.prefix}{key}: must be a finite number, not negative")
         return value
 
     def positive_int(self, key: str, default: int) -> int:

@@ -52,7 +52,7 @@ class ServerService(service.Service):
         for stream in streams:
             stream.fail("system-shutdown")
         if streams:
-            closed = defer.DeferredList([s.lost for s in streams])
+            closed = defer.DeferredList([s.lost for s in streams], consumeErrors=True)
             closed.addTimeout(SHUTDOWN_GRACE, reactor)
             try:
                 yield closed

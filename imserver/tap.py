@@ -13,8 +13,10 @@ class Options(usage.Options):
 
 
 def makeService(options: Options):
+    """Build the service; a bad config or an unwritable data dir is one line, not a traceback."""
     try:
-        settings = config.load(options["config"])
+        return service.makeService(config.load(options["config"]))
     except ConfigError as e:
         raise SystemExit(f"imserver: {e}") from None
-    return service.makeService(settings)
+    except OSError as e:  # e.g. the certificate cannot be written
+        raise SystemExit(f"imserver: {e.filename or 'startup'}: {e.strerror or e}") from None
