@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field, replace
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.words.xish import domish
 
 #: Subscription values stored on an item (RFC 6121 §2.1.2.5).
@@ -71,6 +71,7 @@ class RosterCache:
         self._rosters: dict[tuple[str, str], Roster] = {}
         self._loading: dict[tuple[str, str], list[Deferred]] = {}
         self._online: set[tuple[str, str]] = set()
+        self._locks: dict[tuple[str, str], DeferredLock] = {}
 
     def cached(self, user: str, host: str) -> Roster | None:
         return self._rosters.get((user, host))
@@ -132,6 +133,25 @@ class RosterCache:
             return version
 
         return d.addCallback(applied)
+
+    def exclusive(self, user: str, host: str, work, *args) -> Deferred:
+        """Run C{work(*args)} alone among the changes to one user's roster.
+
+        A change reads an item, decides, and writes: two interleaved changes
+        (an unsubscribe and an unsubscribed racing at the contact's side) would
+        each start from the same stale item and one would be lost.
+        """
+        key = (user, host)
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = DeferredLock()
+
+        def release(result):
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(key, None)
+            return result
+
+        return lock.run(work, *args).addBoth(release)
 
     def forget(self, user: str, host: str) -> None:
         """Drop a user's roster from memory (their last session ended)."""

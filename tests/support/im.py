@@ -55,7 +55,7 @@ task.react(main, sys.argv[1:])
 class AccountPool:
     """Fresh accounts on one server, created in batches by a single process."""
 
-    def __init__(self, server: Any, batch: int = 12) -> None:
+    def __init__(self, server: Any, batch: int = 24) -> None:
         self.server = server
         self.batch = batch
         self._ready: list[Account] = []
@@ -185,13 +185,13 @@ class User:
         answer = self.iq(f"<iq type='get' to='{self.client.domain}'><ping xmlns='{NS_PING}'/></iq>")
         assert answer.get("type") == "result", to_text(answer)
 
-    def received(self, wait: float = 0.25) -> list[ET.Element]:
+    def received(self, wait: float = 0.2) -> list[ET.Element]:
         """Everything that arrived and was not yet taken, after C{wait} seconds and a ping."""
         early = self.client.drain(wait)
         self.sync()
         return early + self.client.drain()
 
-    def assert_nothing(self, match: Predicate | None = None, wait: float = 0.25) -> None:
+    def assert_nothing(self, match: Predicate | None = None, wait: float = 0.2) -> None:
         """Assert that nothing (or nothing matching) arrived within C{wait} seconds."""
         unexpected = [e for e in self.received(wait) if match is None or match(e)]
         assert not unexpected, "unexpected: " + "; ".join(to_text(e) for e in unexpected)
