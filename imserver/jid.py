@@ -21,8 +21,14 @@ def parse_jid(value: str) -> JID:
 
     The returned JID is shared: treat it as immutable.
     """
-    if len(value) > 3071:  # RFC 7622 §3.1: each of three parts at most 1023 octets
-        raise InvalidFormat("JID too long")
+    if not value or len(value) > 3071:  # RFC 7622 §3.1: three parts of at most 1023 octets
+        raise InvalidFormat("JID empty or too long")
+    slash = value.find("/")
+    at = value.find("@", 0, slash if slash != -1 else len(value))
+    # Twisted reads "@host" as a domain and "a@host/" as a bare JID; RFC 7622
+    # forbids an empty localpart or resourcepart after its separator.
+    if at == 0 or slash == len(value) - 1:
+        raise InvalidFormat("empty localpart or resourcepart")
     parsed = JID(value)
     for part in (parsed.user, parsed.host, parsed.resource):
         if part is not None and len(part.encode()) > 1023:

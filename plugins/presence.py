@@ -88,8 +88,11 @@ class Presence:
             if own.available or own is session:
                 own.send(readdressed(stanza, own.full))
         if type_ == "unavailable":
-            for jid in session.directed.difference(subscribers):
-                self._send(readdressed(stanza, jid), session.jid, jid)
+            told = set(subscribers)
+            for jid in session.directed:
+                # A subscriber had it from the broadcast, whichever of its JIDs got presence.
+                if parse_jid(jid).userhost() not in told:
+                    self._send(readdressed(stanza, jid), session.jid, jid)
             session.directed.clear()
         if initial:
             self._probe_contacts(session, roster)

@@ -58,26 +58,30 @@ class Roster:
             query.addChild(model.item_element(item))
         event.answer(query)
 
-    @defer.inlineCallbacks
     def set(self, event):
         session = event.origin
         element = _single_item(event.stanza.firstChildElement())
         contact = _contact(element)
-        subscription = element.getAttribute("subscription")
-        roster = yield self.server.rosters.get(session.user, session.host, keep=True)
-        if subscription == "remove":
-            yield self._remove(event, roster, contact)
-            return
+        if element.getAttribute("subscription") == "remove":
+            return self._remove(event, contact)
         # RFC 6121 §2.1.2.5: in a roster set "the server MUST ignore all values
         # of the 'subscription' attribute other than 'remove'" (so do 'ask' and
         # 'approved': only the subscription stanzas change them).
         groups = _groups(element)
+        name = element.getAttribute("name") or None
+        return self.server.rosters.exclusive(
+            session.user, session.host, self._update, event, contact, name, groups
+        )
+
+    @defer.inlineCallbacks
+    def _update(self, event, contact: str, name: str | None, groups: tuple[str, ...]):
+        session = event.origin
+        roster = yield self.server.rosters.get(session.user, session.host, keep=True)
         existing = roster.items.get(contact)
         if existing is None and len(roster.items) >= self.server.rosters.max_items:
             raise StanzaError(
                 "not-allowed", type="cancel", text="resource-constraint: the roster is full"
             )
-        name = element.getAttribute("name") or None
         item = (existing or RosterItem(contact)).evolve(name=name, groups=groups)
         version = yield self.server.rosters.write(
             session.user, session.host, roster, items={contact: item}
@@ -86,28 +90,46 @@ class Roster:
         model.push(self.server.router, session.bare, item, version)
 
     @defer.inlineCallbacks
-    def _remove(self, event, roster, contact: str):
+    def _remove(self, event, contact: str):
         session = event.origin
+        item, pending_in = yield self.server.rosters.exclusive(
+            session.user, session.host, self._forget, event, contact
+        )
+        user = parse_jid(session.bare)
+        # Each stanza changes the contact's roster: the second must see the first's
+        # result, so wait for its handling to finish before sending the next.
+        if item.subscribed_to or item.ask:
+            yield self._send_presence(user, contact, "unsubscribe")
+        if item.subscribed_from:
+            # RFC 6121 §3.2.2: unavailable from every available resource first,
+            # while the contact is still subscribed.
+            for own in self.server.router.available(session.bare):
+                yield self._send_presence(own.jid, contact, "unavailable")
+        if item.subscribed_from or pending_in:
+            yield self._send_presence(user, contact, "unsubscribed")
+
+    @defer.inlineCallbacks
+    def _forget(self, event, contact: str):
+        """Remove the item and any pending request; return what they were."""
+        session = event.origin
+        roster = yield self.server.rosters.get(session.user, session.host, keep=True)
         item = roster.items.get(contact)
         if item is None:
             raise StanzaError("item-not-found")
+        pending_in = contact in roster.pending_in
         version = yield self.server.rosters.write(
             session.user, session.host, roster, items={contact: None}, pending_in={contact: False}
         )
         event.answer()
         model.push(self.server.router, session.bare, item, version, removed=True)
-        user = parse_jid(session.bare)
-        if item.subscribed_to or item.ask:
-            self._send_presence(user, contact, "unsubscribe")
-        if item.subscribed_from or contact in roster.pending_in:
-            self._send_presence(user, contact, "unsubscribed")
+        return item, pending_in
 
-    def _send_presence(self, user, contact: str, type_: str) -> None:
+    def _send_presence(self, sender, contact: str, type_: str):
         presence = domish.Element((None, "presence"))
         presence["type"] = type_
-        presence["from"] = user.full()
+        presence["from"] = sender.full()
         presence["to"] = contact
-        self.server.dispatcher.deliver(presence, user, parse_jid(contact))
+        return self.server.dispatcher.deliver(presence, sender, parse_jid(contact))
 
 
 def _single_item(query: domish.Element) -> domish.Element:
@@ -118,8 +140,11 @@ def _single_item(query: domish.Element) -> domish.Element:
 
 
 def _contact(item: domish.Element) -> str:
+    value = item.getAttribute("jid")
+    if not value:
+        raise StanzaError("bad-request", text="an item needs a jid")
     try:
-        jid = parse_jid(item.getAttribute("jid", ""))
+        jid = parse_jid(value)
     except InvalidFormat:
         raise StanzaError("bad-request", text="invalid jid") from None
     if jid.resource is not None:

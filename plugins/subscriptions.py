@@ -56,17 +56,22 @@ class Subscriptions:
         contact = event.to.userhost()
         if contact == session.bare:
             return True  # subscribing to oneself has no meaning; nothing to route
-        roster = yield self.server.rosters.get(session.user, session.host, keep=True)
         outcome = yield self._transition(
-            session.user, session.host, roster, contact, "outbound", event.type
+            session.user, session.host, contact, "outbound", event.type, keep=True
         )
         user = parse_jid(session.bare)
+        grant = event.type == "subscribed"
+        if outcome.send_presence and not grant:
+            # §3.2.2: unavailable goes first, "while the user is still subscribed".
+            self._send_own_presence(session.bare, contact, False)
         if outcome.deliver:
             # §3.1.2: the server stamps the user's bare JID and routes to the contact's bare JID.
             stanza = readdressed(event.stanza, contact, session.bare)
-            self.dispatcher.deliver(stanza, user, parse_jid(contact))
-        if outcome.send_presence:
-            self._send_own_presence(session.bare, contact, event.type == "subscribed")
+            # Waited for: the contact's side must have handled it before what follows.
+            yield self.dispatcher.deliver(stanza, user, parse_jid(contact))
+        if outcome.send_presence and grant:
+            # §3.1.5: the approval, then the presence it grants access to.
+            self._send_own_presence(session.bare, contact, True)
         return True
 
     @defer.inlineCallbacks
@@ -80,21 +85,28 @@ class Subscriptions:
             if event.type == "subscribe":  # §3.1.3: no such user
                 self._route(_presence("unsubscribed", bare, contact))
             return True
-        roster = yield self.server.rosters.get(user, host, keep=online)
-        outcome = yield self._transition(user, host, roster, contact, "inbound", event.type)
+        outcome = yield self._transition(user, host, contact, "inbound", event.type, keep=online)
         if outcome.deliver:
             stanza = readdressed(event.stanza, bare, contact)
             router = self.server.router
             router.send_to_sessions(router.available(bare), stanza)
         if outcome.auto_reply is not None:
-            self._route(_presence(outcome.auto_reply, bare, contact))
+            yield self._route(_presence(outcome.auto_reply, bare, contact))
         if outcome.send_presence:
             self._send_own_presence(bare, contact, event.type == "subscribe")
         return True
 
+    def _transition(
+        self, user: str, host: str, contact: str, direction: str, kind: str, keep: bool
+    ):
+        """Apply the table's answer to the stored roster, alone among the user's roster changes."""
+        return self.server.rosters.exclusive(
+            user, host, self._apply, user, host, contact, direction, kind, keep
+        )
+
     @defer.inlineCallbacks
-    def _transition(self, user: str, host: str, roster, contact: str, direction: str, kind: str):
-        """Apply the table's answer to the stored roster; push if the item changed."""
+    def _apply(self, user: str, host: str, contact: str, direction: str, kind: str, keep: bool):
+        roster = yield self.server.rosters.get(user, host, keep=keep)
         item = roster.items.get(contact)
         pending = contact in roster.pending_in
         outcome = table.transition(
@@ -120,15 +132,17 @@ class Subscriptions:
                 stanza = _presence("unavailable", session.full, contact)
             self.dispatcher.deliver(stanza, session.jid, parse_jid(contact))
 
-    def _route(self, stanza: domish.Element) -> None:
-        self.dispatcher.deliver(stanza, parse_jid(stanza["from"]), parse_jid(stanza["to"]))
+    def _route(self, stanza: domish.Element):
+        return self.dispatcher.deliver(stanza, parse_jid(stanza["from"]), parse_jid(stanza["to"]))
 
     @defer.inlineCallbacks
     def redeliver_pending(self, session):
         """Pending requests reach the user again at each login (RFC 6121 §3.1.3)."""
         roster = yield self.server.rosters.get(session.user, session.host, keep=True)
+        privacy = self.server.privacy
         for contact in sorted(roster.pending_in):
-            session.send(_presence("subscribe", contact, session.bare))
+            if privacy.admits(session, parse_jid(contact), "presence", "subscribe"):
+                session.send(_presence("subscribe", contact, session.bare))
 
 
 feature = Subscriptions()
