@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from support.client import RawClient
+from support.im import AccountPool
 from support.server import ServerProcess
 
 
@@ -23,6 +24,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield process
     finally:
         process.kill()
+
+
+@pytest.fixture(scope="module")
+def pool(server: ServerProcess) -> AccountPool:
+    """Fresh accounts on the module's server, made in batches (one CLI process each)."""
+    return AccountPool(server)
 
 
 @pytest.fixture

@@ -12,14 +12,8 @@ from collections.abc import Callable
 import pytest
 from support.client import IQ, MESSAGE, NS_CLIENT, RawClient, stanza_error, to_text
 from support.im import AccountPool, User, canonical, login, message, online
-from support.server import ServerProcess
 
 MakeClient = Callable[..., RawClient]
-
-
-@pytest.fixture(scope="module")
-def pool(server: ServerProcess) -> AccountPool:
-    return AccountPool(server)
 
 
 def body(stanza: ET.Element) -> str | None:

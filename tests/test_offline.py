@@ -31,11 +31,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         process.kill()
 
 
-@pytest.fixture(scope="module")
-def pool(server: ServerProcess) -> AccountPool:
-    return AccountPool(server)
-
-
 def body(stanza: ET.Element) -> str | None:
     return stanza.findtext(f"{{{NS_CLIENT}}}body")
 

@@ -13,15 +13,9 @@ from collections.abc import Callable
 import pytest
 from support.client import RawClient, stanza_error, to_text
 from support.im import AccountPool, User, login, online, presence, settle, subscribe
-from support.server import ServerProcess
 
 MakeClient = Callable[..., RawClient]
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
-
-
-@pytest.fixture(scope="module")
-def pool(server: ServerProcess) -> AccountPool:
-    return AccountPool(server)
 
 
 def show(stanza) -> str | None:

@@ -44,11 +44,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         process.kill()
 
 
-@pytest.fixture(scope="module")
-def pool(server: ServerProcess) -> AccountPool:
-    return AccountPool(server)
-
-
 # -- helpers ----------------------------------------------------------------------------
 
 

@@ -47,11 +47,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         process.kill()
 
 
-@pytest.fixture(scope="module")
-def pool(server: ServerProcess) -> AccountPool:
-    return AccountPool(server)
-
-
 def from_(bare: str) -> Callable[[ET.Element], bool]:
     def match(e: ET.Element) -> bool:
         source = e.get("from") or ""

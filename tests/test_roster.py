@@ -29,11 +29,6 @@ from support.server import ServerProcess
 MakeClient = Callable[..., RawClient]
 
 
-@pytest.fixture(scope="module")
-def pool(server: ServerProcess) -> AccountPool:
-    return AccountPool(server)
-
-
 def roster_set(user: User, item: str) -> tuple[str | None, str | None]:
     """A raw roster set; (error type, condition) of the answer, (None, None) for a result."""
     answer = user.iq(f"<iq type='set'><query xmlns='{NS_ROSTER}'>{item}</query></iq>")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
 from support.client import RawClient, to_text
 from support.im import (
     AccountPool,
@@ -21,14 +20,8 @@ from support.im import (
     settle,
     subscribe,
 )
-from support.server import ServerProcess
 
 MakeClient = Callable[..., RawClient]
-
-
-@pytest.fixture(scope="module")
-def pool(server: ServerProcess) -> AccountPool:
-    return AccountPool(server)
 
 
 def pair(make_client: MakeClient, pool: AccountPool) -> tuple[User, User]:
