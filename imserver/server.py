@@ -19,6 +19,7 @@ from imserver.privacy import PrivacyEngine
 from imserver.roster import RosterCache
 from imserver.router import Router
 from imserver.session import Session, SessionRegistry
+from imserver.stream.limits import ConnectionTally
 from imserver.stream.throttle import AuthThrottle
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ class Server:
         )
         #: Every open client stream, authenticated or not (for shutdown and limits).
         self.streams: set[C2SStream] = set()
+        #: Open connections per address, for the caps checked at accept.
+        self.connections = ConnectionTally()
         self.disco_features: set[str] = set()
         self.stream_features: dict[str, list[FeatureFactory]] = {"preauth": [], "bound": []}
         self.ready: defer.Deferred = defer.Deferred()

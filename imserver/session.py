@@ -57,6 +57,14 @@ class Session:
     def send(self, stanza: domish.Element) -> None:
         self.stream.send_stanza(stanza)
 
+    def drained(self):
+        """A Deferred firing once the client has read what was sent to it."""
+        return self.stream.drained()
+
+    @property
+    def connected(self) -> bool:
+        return not self.stream.closed
+
     def send_bytes(self, data: bytes) -> None:
         """Send an already serialised stanza (broadcasts serialise once)."""
         self.stream.send_bytes(data)

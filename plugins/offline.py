@@ -55,11 +55,28 @@ class Offline:
 
     @defer.inlineCallbacks
     def deliver_stored(self, session):
-        """At initial presence with non-negative priority (XEP-0160 §3)."""
+        """At initial presence with non-negative priority (XEP-0160 §3).
+
+        One at a time, waiting for the client to read each: a flush of
+        hundreds of messages must not trip the output limit of a client that
+        reads normally. Whatever a closing stream did not get is stored again.
+        """
         if session.priority < 0:
             return
-        for xml in (yield self.store.pop_offline(session.user, session.host)):
+        stored = yield self.store.pop_offline(session.user, session.host)
+        for index, xml in enumerate(stored):
+            if not session.connected:
+                yield self._store_again(session, stored[index:])
+                return
             session.send(parse_stanza(xml))
+            yield session.drained()
+
+    @defer.inlineCallbacks
+    def _store_again(self, session, stanzas: list[str]):
+        # Each passed the limit when first stored: room is made for all of them.
+        limit = self.server.limits.offline_messages + len(stanzas)
+        for xml in stanzas:
+            yield self.store.store_offline(session.user, session.host, xml, limit)
 
 
 feature = Offline()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import secrets
 from collections import deque
 from typing import TYPE_CHECKING
@@ -26,6 +25,7 @@ from imserver.jid import JID
 from imserver.serialize import stanza_bytes
 from imserver.session import Session
 from imserver.stream import sasl
+from imserver.stream.limits import FlowControl, is_loopback
 from imserver.stream.parser import ParserLimits, RestrictedElementStream, StreamViolation
 
 if TYPE_CHECKING:
@@ -163,7 +163,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if xs.secure or self.server.tls is None:
             xs.send(domish.Element((NS_TLS, "failure")))
             xs.sendFooter()
-            xs.transport.loseConnection()
+            xs.close_transport()
             return
         xs.send(domish.Element((NS_TLS, "proceed")))
         xs.transport.startTLS(self.server.tls.options)
@@ -290,7 +290,10 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
 
 
 class C2SStream(xmlstream.XmlStream):
-    """One client connection: parsing with limits, timeouts, ordered dispatch."""
+    """One client connection: parsing with limits, timeouts, ordered dispatch.
+
+    Flow limits (input rate, a client that does not read) are in L{FlowControl}.
+    """
 
     def __init__(self, server: Server, direct_tls: bool) -> None:
         super().__init__(C2SAuthenticator(server))
@@ -303,7 +306,12 @@ class C2SStream(xmlstream.XmlStream):
         self._timeout = None
         self._busy: defer.Deferred | None = None
         self._queue: deque[domish.Element] = deque()
-        self._paused = False
+        self.flow: FlowControl | None = None
+        #: Set by fail() after an output overflow: end the session once the queue is handled.
+        self._draining = False
+        self._overflow = None
+        self._tally = server.connections
+        self._counted_unauthenticated = False
         #: Fires when the connection is gone (shutdown waits for it).
         self.lost: defer.Deferred = defer.Deferred()
         limits = server.limits
@@ -319,9 +327,13 @@ class C2SStream(xmlstream.XmlStream):
 
     def connectionMade(self) -> None:
         self.peer_address = getattr(self.transport.getPeer(), "host", "")
-        loopback = _is_loopback(self.peer_address)
+        loopback = is_loopback(self.peer_address)
         self.plaintext_allowed = loopback and self.server.settings.c2s.allow_plaintext_on_loopback
         self.server.streams.add(self)
+        self._tally.opened(self.peer_address)
+        self._counted_unauthenticated = True
+        self.flow = FlowControl(self.transport, self.server.limits)
+        self.flow.start()
         self._timeout = reactor.callLater(
             self.server.limits.unauthenticated_timeout, self.fail, "connection-timeout"
         )
@@ -332,10 +344,19 @@ class C2SStream(xmlstream.XmlStream):
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
+        if self._counted_unauthenticated:
+            self._counted_unauthenticated = False
+            self._tally.authenticated()
 
     def connectionLost(self, reason) -> None:
         self.closed = True
-        self.server.streams.discard(self)
+        if self in self.server.streams:
+            self.server.streams.discard(self)
+            self._tally.closed(self.peer_address, not self._counted_unauthenticated)
+        if self.flow is not None:
+            self.flow.stop()
+        if self._overflow is not None and self._overflow.active():
+            self._overflow.cancel()
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         session, self.session = self.session, None
@@ -355,6 +376,7 @@ class C2SStream(xmlstream.XmlStream):
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
             return
+        self.flow.received(len(data))
         try:
             self.stream.parse(data)
         except StreamViolation as violation:
@@ -370,19 +392,35 @@ class C2SStream(xmlstream.XmlStream):
         if not self.closed:
             self.sendFooter()
         self.closed = True
+        self.close_transport()
+
+    def close_transport(self) -> None:
+        """Close the connection once our last bytes are out (cut off if they never go)."""
+        self.flow.closing()
         self.transport.loseConnection()
 
-    def fail(self, condition: str, text: str | None = None) -> None:
-        """Close with a stream error (RFC 6120 §4.9); the session ends at once."""
+    def fail(self, condition: str, text: str | None = None, drain: bool = False) -> None:
+        """Close with a stream error (RFC 6120 §4.9); the session ends at once.
+
+        With C{drain}, stanzas already read but waiting behind a slow handler
+        are still handled, and the session ends after them.
+        """
         if self.closed:
             return
         self.closed = True
         if self.namespace == "invalid":
             self.namespace = NS_CLIENT
+        if drain and self._busy is not None and self.session is not None:
+            self._draining = True
+        else:
+            self._end_session()
+        self.flow.closing()
+        self.sendStreamError(StreamError(condition, text=text))
+
+    def _end_session(self) -> None:
         session, self.session = self.session, None
         if session is not None:
             self.server.unbind(session)
-        self.sendStreamError(StreamError(condition, text=text))
 
     # -- stanzas -----------------------------------------------------------
 
@@ -391,7 +429,7 @@ class C2SStream(xmlstream.XmlStream):
             return
         if element.uri == NS_STREAMS and element.name == "error":
             self.closed = True
-            self.transport.loseConnection()
+            self.close_transport()
             return
         if self.session is None:
             self.authenticator.negotiate(element)
@@ -402,9 +440,8 @@ class C2SStream(xmlstream.XmlStream):
             return
         if self._busy is not None:
             self._queue.append(element)
-            if len(self._queue) >= MAX_QUEUED and not self._paused:
-                self._paused = True
-                self.transport.pauseProducing()
+            if len(self._queue) >= MAX_QUEUED:
+                self.flow.pause_reading("queue")
             return
         self._dispatch(element)
 
@@ -412,7 +449,13 @@ class C2SStream(xmlstream.XmlStream):
         try:
             pending = self.server.dispatcher.dispatch(element, self.session)
         except Exception:
-            log.failure("dispatching {stanza!r} failed", stanza=element.toXml()[:200])
+            # Name, type and id only: a payload may hold a password (XEP-0077).
+            log.failure(
+                "dispatching <{name} type={type} id={id}> failed",
+                name=element.name,
+                type=element.getAttribute("type"),
+                id=element.getAttribute("id"),
+            )
             self.server.dispatcher.bounce(element, StanzaError("internal-server-error"))
             return
         if pending is not None:
@@ -423,17 +466,32 @@ class C2SStream(xmlstream.XmlStream):
         self._busy = None
         while self._queue and self._busy is None and self.session is not None:
             self._dispatch(self._queue.popleft())
-        if self._paused and len(self._queue) < MAX_QUEUED // 2:
-            self._paused = False
-            self.transport.resumeProducing()
+        if self._draining and self._busy is None:
+            self._draining = False
+            self._end_session()
+        if len(self._queue) < MAX_QUEUED // 2:
+            self.flow.resume_reading("queue")
 
     def send_stanza(self, stanza: domish.Element) -> None:
         if not self.closed:
-            self.transport.write(stanza_bytes(stanza))
+            self.send_bytes(stanza_bytes(stanza))
+
+    def drained(self) -> defer.Deferred:
+        """Fire once the client has read what was sent (see L{FlowControl.drained})."""
+        if self.flow is None or self.closed:
+            return defer.succeed(None)
+        return self.flow.drained()
 
     def send_bytes(self, data: bytes) -> None:
-        if not self.closed:
-            self.transport.write(data)
+        """Write to the client; one that lets too much pile up is disconnected."""
+        if self.closed or self._overflow is not None:
+            return
+        self.transport.write(data)
+        if self.flow.wrote(len(data)):
+            # On the next turn, not inside the caller's loop over sessions.
+            self._overflow = reactor.callLater(
+                0, self.fail, "policy-violation", "too much unread data for this client", True
+            )
 
 
 class C2SFactory(protocol.ServerFactory):
@@ -445,10 +503,21 @@ class C2SFactory(protocol.ServerFactory):
         self.server = server
         self.direct_tls = direct_tls
 
-    def buildProtocol(self, addr) -> C2SStream:
+    def buildProtocol(self, addr) -> protocol.Protocol | None:
+        """A stream, or a refusal when a connection cap is reached (before any byte)."""
+        if self.server.connections.refusal(getattr(addr, "host", ""), self.server.limits):
+            # Plain TCP closes the socket at once on None; the TLS wrapper needs a protocol.
+            return _Refused() if self.direct_tls else None
         stream = C2SStream(self.server, self.direct_tls)
         stream.factory = self
         return stream
+
+
+class _Refused(protocol.Protocol):
+    """Drops a connection as soon as it is made: nothing is read or written."""
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()
 
 
 def _decode_sasl(element: domish.Element) -> bytes | None:
@@ -473,10 +542,3 @@ def _sasl_element(name: str, data: bytes | None) -> domish.Element:
 
 def _later(delay: float) -> defer.Deferred:
     return task.deferLater(reactor, delay, lambda: None)
-
-
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
