@@ -60,6 +60,10 @@ class Limits:
     max_attribute_length: int = 64 * 1024
     #: Seconds an unauthenticated stream may live.
     unauthenticated_timeout: float = 30.0
+    #: Seconds of silence from an authenticated client before the server pings it (XEP-0199)...
+    idle_timeout: float = 300.0
+    #: ...and seconds it then has to show any sign of life before connection-timeout.
+    idle_ping_timeout: float = 60.0
     max_stream_restarts: int = 5
     max_auth_failures_per_stream: int = 3
     #: First delay (seconds) after a failed login from an address; doubles per failure.
@@ -155,8 +159,9 @@ def from_dict(raw: dict[str, Any], base: Path | None = None) -> Settings:
             limit_values[name] = limits.number(name, default)
         else:
             limit_values[name] = limits.positive_int(name, default)
-    if limit_values["unauthenticated_timeout"] == 0:
-        raise ConfigError("limits.unauthenticated_timeout: must be greater than 0")
+    for name in ("unauthenticated_timeout", "idle_timeout", "idle_ping_timeout"):
+        if limit_values[name] == 0:
+            raise ConfigError(f"limits.{name}: must be greater than 0")
 
     plugin_options = reader.table("plugin").raw
     for name, value in plugin_options.items():

@@ -304,6 +304,8 @@ class C2SStream(xmlstream.XmlStream):
         self.peer_address = ""
         self.plaintext_allowed = False
         self._timeout = None
+        self._last_read = 0.0
+        self._pinged_at: float | None = None
         self._busy: defer.Deferred | None = None
         self._queue: deque[domish.Element] = deque()
         self.flow: FlowControl | None = None
@@ -343,7 +345,7 @@ class C2SStream(xmlstream.XmlStream):
     def authenticated(self) -> None:
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
-        self._timeout = None
+        self._timeout = reactor.callLater(self.server.limits.idle_timeout, self._idle_check)
         if self._counted_unauthenticated:
             self._counted_unauthenticated = False
             self._tally.authenticated()
@@ -373,9 +375,32 @@ class C2SStream(xmlstream.XmlStream):
         self.stream.ElementEvent = self.onElement
         self.stream.DocumentEndEvent = self.onDocumentEnd
 
+    def _idle_check(self) -> None:
+        """Ping a client that went quiet; close one that stays quiet (RFC 6120 §4.6)."""
+        limits = self.server.limits
+        now = reactor.seconds()
+        if self._pinged_at is not None:
+            if self._last_read < self._pinged_at:
+                self.fail("connection-timeout")
+                return
+            self._pinged_at = None
+        quiet = now - self._last_read
+        if quiet < limits.idle_timeout:
+            self._timeout = reactor.callLater(limits.idle_timeout - quiet, self._idle_check)
+            return
+        ping = domish.Element((None, "iq"))
+        ping["type"] = "get"
+        ping["id"] = "idle-" + secrets.token_hex(4)
+        ping["from"] = self.authenticator.host
+        ping.addElement(("urn:xmpp:ping", "ping"))
+        self.send_stanza(ping)
+        self._pinged_at = now
+        self._timeout = reactor.callLater(limits.idle_ping_timeout, self._idle_check)
+
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
             return
+        self._last_read = reactor.seconds()
         self.flow.received(len(data))
         try:
             self.stream.parse(data)
