@@ -30,7 +30,7 @@ class Offline:
         self.store = server.store
         for type_ in ("normal", "chat"):
             server.dispatcher.on(("message", type_, "bare"), self.store_message, priority=-10)
-        server.dispatcher.hook("initial-presence", self.deliver_stored)
+        server.dispatcher.hook("reachable", self.deliver_stored)
 
     @defer.inlineCallbacks
     def store_message(self, event):
@@ -55,14 +55,12 @@ class Offline:
 
     @defer.inlineCallbacks
     def deliver_stored(self, session):
-        """At initial presence with non-negative priority (XEP-0160 §3).
+        """When a resource first becomes available with non-negative priority (XEP-0160 §3).
 
         One at a time, waiting for the client to read each: a flush of
         hundreds of messages must not trip the output limit of a client that
         reads normally. Whatever a closing stream did not get is stored again.
         """
-        if session.priority < 0:
-            return
         stored = yield self.store.pop_offline(session.user, session.host)
         for index, xml in enumerate(stored):
             if not session.connected:

@@ -72,6 +72,7 @@ class Presence:
     def broadcast(self, session, stanza: domish.Element, type_: str):
         """Send the user's presence to subscribers and own resources (RFC 6121 §4.2, §4.4, §4.5)."""
         initial = False
+        was_reachable = session.available and session.priority >= 0
         if type_ == "available":
             session.priority = _priority(stanza)
             initial = not session.available
@@ -97,6 +98,10 @@ class Presence:
         if initial:
             self._probe_contacts(session, roster)
             yield self.dispatcher.fire("initial-presence", session)
+        if session.available and session.priority >= 0 and not was_reachable:
+            # Now a recipient of bare-JID messages: at initial presence, or on
+            # raising a negative priority (XEP-0160 §3 offline delivery hooks here).
+            yield self.dispatcher.fire("reachable", session)
         return True
 
     def _probe_contacts(self, session, roster) -> None:

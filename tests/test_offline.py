@@ -101,6 +101,26 @@ def test_not_delivered_at_negative_priority(make_client: MakeClient, pool: Accou
     shy.assert_nothing(message())
 
 
+def test_delivered_when_a_negative_priority_is_raised(
+    make_client: MakeClient, pool: AccountPool
+) -> None:
+    """XEP-0160 §3: stored messages go out once a resource can get bare-JID messages,
+    which for an available resource at -1 is when it raises its priority to 0 or more."""
+    alice_account, bob_account = pool.take(2)
+    alice = online(make_client, alice_account)
+    alice.send(f"<message type='chat' to='{bob_account[0]}'><body>kept</body></message>")
+    alice.assert_nothing()
+
+    bob = login(make_client, bob_account, "shy")
+    come_online(bob, priority=-1)
+    bob.assert_nothing(message())
+    bob.send("<presence><priority>1</priority></presence>")
+    assert body(bob.expect(message(alice.jid))) == "kept"
+    # Changing presence again delivers nothing twice.
+    bob.send("<presence><show>away</show><priority>2</priority></presence>")
+    bob.assert_nothing(message())
+
+
 def test_connected_but_not_available_counts_as_offline(
     make_client: MakeClient, pool: AccountPool
 ) -> None:
