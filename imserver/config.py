@@ -121,7 +121,7 @@ def from_dict(raw: dict[str, Any], base: Path | None = None) -> Settings:
         raise ConfigError("server.hosts: at least one host is required")
     data_dir = Path(server.str("data_dir", "var"))
     if not data_dir.is_absolute():
-        data_dir = (base or Path.cwd()) / data_dir
+        data_dir = ((base or Path.cwd()) / data_dir).resolve()
     plugins = tuple(server.list("plugins", list(DEFAULT_PLUGINS), str))
     for name in plugins:
         if plugins.count(name) > 1:
