@@ -56,7 +56,6 @@ action "deny" and apply to every stanza kind (no kind named, or all four).
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -278,16 +277,6 @@ def parse_order(value: str | None) -> int:
     if value is None or not _ORDER.fullmatch(value) or int(value) > 0xFFFFFFFF:
         raise StanzaError("bad-request", text="order must be a non-negative integer")
     return int(value)
-
-
-def push_iq(session: Session, payload: domish.Element) -> None:
-    """Send a server-initiated iq set (a 'push') to one resource."""
-    iq = domish.Element((None, "iq"))
-    iq["type"] = "set"
-    iq["id"] = "push-" + secrets.token_hex(6)
-    iq["to"] = session.full
-    iq.addChild(payload)
-    session.send(iq)
 
 
 def blocking_element(name: str, jids: Iterable[str]) -> domish.Element:
@@ -752,7 +741,7 @@ class PrivacyEngine:
             payload = domish.Element((NS_PRIVACY, "query"))
             payload.addElement("list")["name"] = name
             for s in sessions:
-                push_iq(s, payload)
+                s.push(payload)
         self._push_blocklist(
             sessions,
             blocklist_of(effective_list(old, None)),
@@ -824,7 +813,7 @@ class PrivacyEngine:
                 payloads.append(blocking_element("block", added))
         for payload in payloads:
             for s in targets:
-                push_iq(s, payload)
+                s.push(payload)
 
 
 # -- helpers ------------------------------------------------------------------------------

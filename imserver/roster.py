@@ -7,7 +7,6 @@ least one session and writes every change through to the store.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field, replace
 
 from twisted.internet.defer import Deferred, DeferredLock, succeed
@@ -190,9 +189,4 @@ def push(router, bare: str, item: RosterItem, version: int, removed: bool = Fals
     query["ver"] = str(version)
     query.addChild(item_element(item, removed))
     for session in sessions:
-        iq = domish.Element((None, "iq"))
-        iq["type"] = "set"
-        iq["id"] = "push" + secrets.token_hex(6)
-        iq["to"] = session.full
-        iq.addChild(query)
-        session.send(iq)
+        session.push(query)

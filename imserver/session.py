@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from twisted.words.xish import domish
@@ -56,6 +57,15 @@ class Session:
 
     def send(self, stanza: domish.Element) -> None:
         self.stream.send_stanza(stanza)
+
+    def push(self, payload: domish.Element) -> None:
+        """Send a server-initiated iq set (a roster or privacy 'push') to this resource."""
+        iq = domish.Element((None, "iq"))
+        iq["type"] = "set"
+        iq["id"] = "push-" + secrets.token_hex(6)
+        iq["to"] = self.full
+        iq.addChild(payload)
+        self.send(iq)
 
     def drained(self):
         """A Deferred firing once the client has read what was sent to it."""
