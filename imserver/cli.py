@@ -77,7 +77,7 @@ def _check_config(settings: config.Settings) -> None:
 def _run(settings: config.Settings) -> int:
     from twisted.internet import reactor
 
-    from imserver.service import makeService
+    from imserver.service import makeService, tune_garbage_collector
 
     try:
         top = makeService(settings)  # config errors surface here, as one plain line
@@ -96,6 +96,7 @@ def _run(settings: config.Settings) -> int:
             f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}"
         ) from None
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    reactor.callWhenRunning(tune_garbage_collector)
     reactor.run()
     if not top.server.ready.called:
         # ServerService stopped the reactor because the store did not open (logged above).

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.words.xish import domish
 
+from imserver.serialize import stanza_bytes
+
 #: Subscription values stored on an item (RFC 6121 §2.1.2.5).
 SUBSCRIPTIONS = ("none", "to", "from", "both")
 
@@ -53,6 +55,22 @@ class Roster:
     version: int = 0
     items: dict[str, RosterItem] = field(default_factory=dict)
     pending_in: set[str] = field(default_factory=set)
+    _wire: tuple[int, domish.SerializedXML] | None = field(default=None, repr=False, compare=False)
+
+    def wire_query(self) -> domish.SerializedXML:
+        """The whole roster as a serialised <query/>, built once per version.
+
+        A roster get of hundreds of items would otherwise build (and leave to
+        the cyclic collector) hundreds of elements each time; every change of
+        items bumps the version, so the cached form can never be stale.
+        """
+        if self._wire is None or self._wire[0] != self.version:
+            query = domish.Element((NS_ROSTER, "query"))
+            query["ver"] = str(self.version)
+            for item in self.items.values():
+                query.addChild(item_element(item))
+            self._wire = (self.version, domish.SerializedXML(stanza_bytes(query).decode()))
+        return self._wire[1]
 
 
 class RosterCache:

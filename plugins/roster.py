@@ -52,11 +52,7 @@ class Roster:
             # RFC 6121 §2.6.3: up to date, so an empty result; changes come as pushes.
             event.answer()
             return
-        query = domish.Element((NS_ROSTER, "query"))
-        query["ver"] = str(roster.version)
-        for item in roster.items.values():
-            query.addChild(model.item_element(item))
-        event.answer(query)
+        event.answer(roster.wire_query())
 
     def set(self, event):
         session = event.origin
