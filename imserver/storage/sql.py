@@ -317,6 +317,13 @@ class SQLStore:
             return True
 
     def _pop_offline(self, user: str, host: str) -> list[str]:
+        # Nearly every login finds nothing: look first, without a write transaction.
+        with self._db.connect() as conn:
+            waiting = conn.execute(
+                select(offline_messages.c.id).where(_owned(offline_messages, user, host)).limit(1)
+            ).first()
+        if waiting is None:
+            return []
         with _writing(self._db) as conn:
             rows = conn.execute(
                 select(offline_messages.c.id, offline_messages.c.stanza)
