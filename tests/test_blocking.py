@@ -7,12 +7,10 @@ error is checked element by element.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
 from support.client import IQ, MESSAGE, PRESENCE, RawClient, clark, stanza_error, to_text
 from support.im import AccountPool, User, login, online, presence, settle, subscribe
-from support.server import ServerProcess
 
 MakeClient = Callable[..., RawClient]
 
@@ -20,27 +18,6 @@ NS_BLOCKING = "urn:xmpp:blocking"
 NS_PRIVACY = "jabber:iq:privacy"
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 BLOCKED = "{jabber:client}error/{urn:xmpp:blocking:errors}blocked"
-PLUGINS = [
-    "sessions",
-    "disco",
-    "ping",
-    "roster",
-    "presence",
-    "subscriptions",
-    "messages",
-    "offline",
-    "privacy",
-    "blocking",
-]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path_factory.mktemp("blocking"), server={"plugins": PLUGINS})
-    try:
-        yield process.start()
-    finally:
-        process.kill()
 
 
 # -- helpers ----------------------------------------------------------------------------

@@ -8,40 +8,16 @@ clients. Every test uses fresh accounts.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
 from support.client import IQ, MESSAGE, RawClient, clark, stanza_error, to_text
 from support.im import AccountPool, User, login, online, presence, settle, subscribe
-from support.server import ServerProcess
 
 MakeClient = Callable[..., RawClient]
 
 NS_PRIVACY = "jabber:iq:privacy"
 QUERY = clark(NS_PRIVACY, "query")
 BLOCKED = "{jabber:client}error/{urn:xmpp:blocking:errors}blocked"
-PLUGINS = [
-    "sessions",
-    "disco",
-    "ping",
-    "roster",
-    "presence",
-    "subscriptions",
-    "messages",
-    "offline",
-    "privacy",
-    "blocking",
-]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """This module's server, with both privacy faces loaded whatever the defaults."""
-    process = ServerProcess(tmp_path_factory.mktemp("privacy"), server={"plugins": PLUGINS})
-    try:
-        yield process.start()
-    finally:
-        process.kill()
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -281,7 +257,7 @@ def test_changes_are_pushed_to_every_resource(make_client: MakeClient, pool: Acc
 
 
 def test_lists_and_default_survive_a_restart(make_server, make_client: MakeClient):
-    target = make_server(server={"plugins": PLUGINS})
+    target = make_server()
     pool = AccountPool(target, batch=2)
     alice_account, bob_account = pool.take(2)
     alice = login(make_client, alice_account, target=target)

@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
 import slixmpp
 from support.client import IQ, MESSAGE, PRESENCE, RawClient, stanza_error, to_text
 from support.im import AccountPool, User, online, presence, settle, subscribe
@@ -24,27 +23,6 @@ MakeClient = Callable[..., RawClient]
 
 NS_BLOCKING = "urn:xmpp:blocking"
 BLOCKED = "{jabber:client}error/{urn:xmpp:blocking:errors}blocked"
-PLUGINS = [
-    "sessions",
-    "disco",
-    "ping",
-    "roster",
-    "presence",
-    "subscriptions",
-    "messages",
-    "offline",
-    "privacy",
-    "blocking",
-]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path_factory.mktemp("all-paths"), server={"plugins": PLUGINS})
-    try:
-        yield process.start()
-    finally:
-        process.kill()
 
 
 def from_(bare: str) -> Callable[[ET.Element], bool]:
