@@ -341,13 +341,10 @@ class StampCounter:
             self.after(count)
 
 
-class Pair:
-    """A sender pipelining stamped chats to its partner's bare JID, at most C{window} unread."""
+class Windowed:
+    """A pipelining sender: C{pump} sends while fewer than C{window} are undelivered."""
 
-    def __init__(self, sender: Conn, to: str, window: int) -> None:
-        self.sender = sender
-        self.prefix = f"<message type='chat' to='{to}'><body>T".encode()
-        self.suffix = b"</body></message>"
+    def __init__(self, window: int) -> None:
         self.window = window
         self.total = self.sent = self.received = 0
 
@@ -360,6 +357,19 @@ class Pair:
         self.pump()
 
     def pump(self) -> None:
+        raise NotImplementedError
+
+
+class Pair(Windowed):
+    """A sender pipelining stamped chats to its partner's bare JID, at most C{window} unread."""
+
+    def __init__(self, sender: Conn, to: str, window: int) -> None:
+        super().__init__(window)
+        self.sender = sender
+        self.prefix = f"<message type='chat' to='{to}'><body>T".encode()
+        self.suffix = b"</body></message>"
+
+    def pump(self) -> None:
         count = min(self.total - self.sent, self.window - (self.sent - self.received))
         if count > 0:
             stanza = self.prefix + str(time.perf_counter_ns()).encode() + self.suffix
@@ -367,22 +377,13 @@ class Pair:
             self.sent += count
 
 
-class Broadcaster:
+class Broadcaster(Windowed):
     """The fan-out user: stamped presence changes, at most C{window} not yet fully delivered."""
 
     def __init__(self, conn: Conn, fan: int, window: int) -> None:
+        super().__init__(window)
         self.conn = conn
         self.fan = fan
-        self.window = window
-        self.total = self.sent = self.received = 0
-
-    def start(self, total: int) -> None:
-        self.total, self.sent, self.received = total, 0, 0
-        self.pump()
-
-    def delivered(self, count: int) -> None:
-        self.received += count
-        self.pump()
 
     def pump(self) -> None:
         in_flight = -(-(self.sent * self.fan - self.received) // self.fan)
