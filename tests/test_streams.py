@@ -408,6 +408,30 @@ def test_unknown_mechanism_is_invalid_mechanism(
     assert_still_serves(server, alice)
 
 
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
+def test_authorization_identity_of_another_user_is_invalid_authzid(
+    server: ServerProcess, make_client: MakeClient, alice: Credentials, mechanism: str
+) -> None:
+    """RFC 6120 §6.4.6: a client may not ask to act as an account it did not prove."""
+    user, password = alice[0].partition("@")[0], alice[1]
+    other = f"someone-else@{server.host}"
+    if mechanism == "PLAIN":
+        message = f"{other}\0{user}\0{password}".encode()
+    else:
+        message = f"n,a={other},n={user},r=clientnonce123".encode()
+    client = secure_stream(make_client)
+    payload = base64.b64encode(message).decode()
+    client.send(f"<auth xmlns='{NS_SASL}' mechanism='{mechanism}'>{payload}</auth>")
+    failure = client.expect(lambda e: e.tag.startswith(f"{{{NS_SASL}}}"))
+    assert sasl_condition(failure) == "invalid-authzid", to_text(failure)
+    # Naming oneself as authzid is fine.
+    own = base64.b64encode(f"{alice[0]}\0{user}\0{password}".encode()).decode()
+    client.send(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{own}</auth>")
+    assert client.expect(lambda e: e.tag.startswith(f"{{{NS_SASL}}}")).tag == clark(
+        NS_SASL, "success"
+    )
+
+
 def test_bad_base64_is_incorrect_encoding(
     server: ServerProcess, make_client: MakeClient, alice: Credentials
 ) -> None:

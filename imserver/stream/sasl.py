@@ -85,8 +85,7 @@ class Plain:
         except (UnicodeDecodeError, ValueError):
             raise SASLFailure("malformed-request") from None
         username = _prep_username(authcid)
-        if authzid and authzid not in (username, f"{username}@{self.host}"):
-            raise SASLFailure("invalid-authzid")
+        _check_authzid(authzid, username, self.host)
         credentials = yield self.lookup(username)
         if credentials is None or not check_password(credentials, password):
             raise SASLFailure("not-authorized")
@@ -103,10 +102,12 @@ class Scram:
         self,
         mechanism: str,
         lookup: CredentialLookup,
+        host: str,
         channel_binding: tuple[str, bytes] | None,
     ) -> None:
         self.mechanism = ScramMechanism(mechanism)
         self.lookup = lookup
+        self.host = host
         self.channel_binding = channel_binding
         self.server = None
         self.username: str | None = None
@@ -119,7 +120,9 @@ class Scram:
             client_first = data.decode("utf-8")
         except UnicodeDecodeError:
             raise SASLFailure("malformed-request") from None
-        self.username = _prep_username(_scram_username(client_first))
+        authzid, username = _scram_names(client_first)
+        self.username = _prep_username(username)
+        _check_authzid(authzid, self.username, self.host)
         credentials = yield self.lookup(self.username)
         if credentials is None:
             credentials = self._decoy_credentials()
@@ -151,15 +154,26 @@ class Scram:
         return cls._decoy
 
 
-def _scram_username(client_first: str) -> str:
-    """The 'n=' attribute of a SCRAM client-first message, unescaped (RFC 5802 §5.1)."""
+def _check_authzid(authzid: str, username: str, host: str) -> None:
+    """Only the account itself may be asked for: no acting as another user."""
+    if authzid and authzid not in (username, f"{username}@{host}"):
+        raise SASLFailure("invalid-authzid")
+
+
+def _scram_names(client_first: str) -> tuple[str, str]:
+    """(authzid, username) of a SCRAM client-first message, unescaped (RFC 5802 §5.1)."""
     parts = client_first.split(",")
     if len(parts) < 4:
         raise SASLFailure("malformed-request")
+    authzid = parts[1][2:] if parts[1].startswith("a=") else ""
     for part in parts[2:]:
         if part.startswith("n="):
-            return part[2:].replace("=2C", ",").replace("=3D", "=")
+            return _unescape(authzid), _unescape(part[2:])
     raise SASLFailure("malformed-request")
+
+
+def _unescape(value: str) -> str:
+    return value.replace("=2C", ",").replace("=3D", "=")
 
 
 def make_mechanism(
@@ -174,4 +188,4 @@ def make_mechanism(
         raise SASLFailure("invalid-mechanism")
     if name == "PLAIN":
         return Plain(lookup, host)
-    return Scram(name, lookup, channel_binding)
+    return Scram(name, lookup, host, channel_binding)
