@@ -8,6 +8,7 @@ L{imserver.subscription.transition}; this module only carries it out.
 
 from twisted.internet import defer
 from twisted.plugin import IPlugin
+from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 from zope.interface import implementer
 
@@ -56,6 +57,13 @@ class Subscriptions:
         contact = event.to.userhost()
         if contact == session.bare:
             return True  # subscribing to oneself has no meaning; nothing to route
+        # Privacy first: a request to a blocked contact must not touch the
+        # roster before routing refuses it (XEP-0191 §3.5, XEP-0016 §2.13).
+        verdict = yield defer.maybeDeferred(self.server.privacy.check, event)
+        if isinstance(verdict, StanzaError):
+            raise verdict
+        if verdict is False:
+            return True
         outcome = yield self._transition(
             session.user, session.host, contact, "outbound", event.type, keep=True
         )

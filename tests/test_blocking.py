@@ -208,6 +208,24 @@ def test_user_cannot_reach_a_blocked_contact(make_client: MakeClient, pool: Acco
     bob.assert_nothing(from_(alice.bare))
 
 
+def test_subscription_request_to_a_blocked_contact_is_refused_and_changes_nothing(
+    make_client: MakeClient, pool: AccountPool
+):
+    """XEP-0191 §3.5: not routed, not-acceptable with <blocked/>; the roster stays as it was."""
+    alice_account, bob_account = pool.take(2)
+    alice = online(make_client, alice_account)
+    bob = online(make_client, bob_account)
+    block(alice, bob.bare)
+    alice.received()
+
+    alice.send(f"<presence to='{bob.bare}' type='subscribe'/>")
+    error = error_of(alice, PRESENCE)
+    assert stanza_error(error) == ("cancel", "not-acceptable"), to_text(error)
+    assert error.find(BLOCKED) is not None, to_text(error)
+    assert bob.bare not in alice.roster_items()
+    bob.assert_nothing(from_(alice.bare))
+
+
 def test_blocking_withdraws_presence_and_unblocking_restores_it(
     make_client: MakeClient, pool: AccountPool
 ):
