@@ -10,14 +10,25 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 
 from support.client import IQ, MESSAGE, PRESENCE, RawClient, clark, stanza_error, to_text
-from support.im import AccountPool, User, login, online, presence, settle, subscribe
+from support.im import (
+    BLOCKED,
+    AccountPool,
+    User,
+    body_is,
+    chat,
+    from_,
+    login,
+    online,
+    presence,
+    settle,
+    subscribe,
+)
 
 MakeClient = Callable[..., RawClient]
 
 NS_BLOCKING = "urn:xmpp:blocking"
 NS_PRIVACY = "jabber:iq:privacy"
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
-BLOCKED = "{jabber:client}error/{urn:xmpp:blocking:errors}blocked"
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -71,27 +82,6 @@ def is_blocking_push(e: ET.Element) -> bool:
     return e.tag == IQ and any(
         e.find(clark(NS_BLOCKING, n)) is not None for n in ("block", "unblock")
     )
-
-
-def from_(bare: str) -> Callable[[ET.Element], bool]:
-    def match(e: ET.Element) -> bool:
-        source = e.get("from") or ""
-        return source == bare or source.startswith(bare + "/")
-
-    match.__name__ = f"from({bare!r})"
-    return match
-
-
-def chat(sender: User, to: str, body: str) -> None:
-    sender.send(f"<message to='{to}' type='chat'><body>{body}</body></message>")
-
-
-def body_is(body: str) -> Callable[[ET.Element], bool]:
-    def match(e: ET.Element) -> bool:
-        return e.tag == MESSAGE and e.findtext("{jabber:client}body") == body
-
-    match.__name__ = f"message(body={body!r})"
-    return match
 
 
 def error_of(user: User, kind: str = MESSAGE) -> ET.Element:

@@ -11,13 +11,24 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 
 from support.client import IQ, MESSAGE, RawClient, clark, stanza_error, to_text
-from support.im import AccountPool, User, login, online, presence, settle, subscribe
+from support.im import (
+    BLOCKED,
+    AccountPool,
+    User,
+    body_is,
+    chat,
+    from_,
+    login,
+    online,
+    presence,
+    settle,
+    subscribe,
+)
 
 MakeClient = Callable[..., RawClient]
 
 NS_PRIVACY = "jabber:iq:privacy"
 QUERY = clark(NS_PRIVACY, "query")
-BLOCKED = "{jabber:client}error/{urn:xmpp:blocking:errors}blocked"
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -94,18 +105,6 @@ def is_privacy_push(name: str) -> Callable[[ET.Element], bool]:
     return match
 
 
-def chat(sender: User, to: str, body: str) -> None:
-    sender.send(f"<message to='{to}' type='chat'><body>{body}</body></message>")
-
-
-def body_is(body: str) -> Callable[[ET.Element], bool]:
-    def match(e: ET.Element) -> bool:
-        return e.tag == MESSAGE and e.findtext(clark("jabber:client", "body")) == body
-
-    match.__name__ = f"message(body={body!r})"
-    return match
-
-
 def bounced(sender: User, condition: str, kind: str = "message") -> ET.Element:
     """The error the sender got back; asserts its condition (type cancel)."""
     error = sender.expect(
@@ -113,17 +112,6 @@ def bounced(sender: User, condition: str, kind: str = "message") -> ET.Element:
     )
     assert stanza_error(error) == ("cancel", condition), to_text(error)
     return error
-
-
-def from_(bare: str) -> Callable[[ET.Element], bool]:
-    """Any stanza from C{bare} or one of its resources."""
-
-    def match(e: ET.Element) -> bool:
-        source = e.get("from") or ""
-        return source == bare or source.startswith(bare + "/")
-
-    match.__name__ = f"from({bare!r})"
-    return match
 
 
 def friends(a: User, b: User) -> None:

@@ -16,22 +16,12 @@ from collections.abc import Callable
 
 import slixmpp
 from support.client import IQ, MESSAGE, PRESENCE, RawClient, stanza_error, to_text
-from support.im import AccountPool, User, online, presence, settle, subscribe
+from support.im import BLOCKED, AccountPool, User, from_, online, presence, settle, subscribe
 from support.server import ServerProcess
 
 MakeClient = Callable[..., RawClient]
 
 NS_BLOCKING = "urn:xmpp:blocking"
-BLOCKED = "{jabber:client}error/{urn:xmpp:blocking:errors}blocked"
-
-
-def from_(bare: str) -> Callable[[ET.Element], bool]:
-    def match(e: ET.Element) -> bool:
-        source = e.get("from") or ""
-        return source == bare or source.startswith(bare + "/")
-
-    match.__name__ = f"from({bare!r})"
-    return match
 
 
 def status(sender: str, text: str) -> Callable[[ET.Element], bool]:

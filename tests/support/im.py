@@ -293,3 +293,32 @@ def settle(*users: User) -> None:
     """Let in-flight stanzas arrive, then forget them: the next step starts clean."""
     for user in users:
         user.received(0.1)
+
+
+#: The XEP-0191 §3.5 application condition inside an error.
+BLOCKED = "{jabber:client}error/{urn:xmpp:blocking:errors}blocked"
+
+
+def from_(bare: str) -> Predicate:
+    """Any stanza from C{bare} or one of its resources."""
+
+    def match(e: ET.Element) -> bool:
+        source = e.get("from") or ""
+        return source == bare or source.startswith(bare + "/")
+
+    match.__name__ = f"from({bare!r})"
+    return match
+
+
+def chat(sender: User, to: str, body: str) -> None:
+    sender.send(f"<message to='{to}' type='chat'><body>{body}</body></message>")
+
+
+def body_is(body: str) -> Predicate:
+    """A message whose body is C{body}."""
+
+    def match(e: ET.Element) -> bool:
+        return e.tag == clark(NS_CLIENT, "message") and e.findtext(clark(NS_CLIENT, "body")) == body
+
+    match.__name__ = f"message(body={body!r})"
+    return match
