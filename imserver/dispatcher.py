@@ -159,9 +159,6 @@ class Dispatcher:
         entries.append((-priority, self._order, callback))
         entries.sort(key=lambda e: (e[0], e[1]))
 
-    def handles(self, key: tuple) -> bool:
-        return key in self._chains
-
     def fire(self, name: str, *args: Any) -> defer.Deferred:
         """Run every callback of hook C{name}; fire when all (incl. async ones) are done.
 
