@@ -8,13 +8,13 @@ reply written after a large one waits for the client's delayed ACK.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 
 import pytest
 from support.client import RawClient
 from support.sockets import server_socket_option
+from support.tools import needs
 
 # Each case: what the client offers -> what the server must select (None: no ALPN at all).
 ALPN_CASES = [
@@ -38,7 +38,7 @@ def test_alpn_negotiation_then_login(server, pool, offer, selected, direct_tls) 
         client.close()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command not installed")
+@needs("openssl")
 @pytest.mark.parametrize("offer", ["xmpp-client", "h2"])
 def test_openssl_s_client_with_alpn(server, offer) -> None:
     """An independent TLS stack (OpenSSL's own client) completes the handshake on both ports."""
@@ -74,3 +74,28 @@ def test_streams_turn_nagle_off(server, direct_tls) -> None:
         assert nodelay == 1
     finally:
         client.close()
+
+
+@needs("go-sendxmpp")
+@pytest.mark.parametrize("direct_tls", [False, True], ids=["starttls", "direct-tls"])
+def test_go_client_sends_a_message(server, pool, direct_tls) -> None:
+    """Debian's go-sendxmpp (Go's TLS stack, offering ALPN on both ports) logs in and delivers.
+
+    .ci/run installs it; this was the client the ALPN alert locked out.
+    """
+    (sender, sender_password), (recipient, password) = pool.take(2)
+    receiver = RawClient.for_server(server)
+    try:
+        receiver.login(recipient, password)
+        receiver.send("<presence/>")
+        port = server.tls_port if direct_tls else server.port
+        command = ["go-sendxmpp", "-n", "-u", sender, "-p", sender_password]
+        command += ["-j", f"127.0.0.1:{port}", "--timeout", "10"]
+        command += ["-t", recipient] if direct_tls else [recipient]
+        result = subprocess.run(command, input=b"hello from Go", capture_output=True, timeout=30)
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+        message = receiver.expect(lambda e: e.tag == "{jabber:client}message")
+        assert message.findtext("{jabber:client}body") == "hello from Go"
+        assert message.get("from", "").startswith(sender + "/")
+    finally:
+        receiver.close()
