@@ -20,7 +20,9 @@
 Stanzas the server emits on someone's behalf (broadcasts, subscription
 stanzas, probe answers) and stanzas from peer servers enter at stage 2 through
 L{Dispatcher.route}. Top-level elements after bind that are not stanzas
-(stream management, client state) are C{("stream", namespace, name)} events.
+(stream management, client state) are C{("stream", namespace, name)} events;
+those a client sends during negotiation, before bind (stream resumption), are
+C{("negotiate", namespace, name)} events.
 
 Handlers run in descending priority; the first to return True (or a Deferred)
 ends the chain, and a returned Deferred holds the sender's next stanzas until
@@ -80,6 +82,7 @@ HOOKS = frozenset(
         "roster-changed",
         "privacy-changed",
         "user-deleted",
+        "server-stopping",
     )
 )
 _IQ_TARGETS = frozenset(("host", "self", "bare", "preauth"))
@@ -238,6 +241,7 @@ class Dispatcher:
         the stream can hold back the sender's next stanzas and keep their order.
         """
         kind = stanza.name
+        origin.stanzas_in += 1
         stanza["from"] = origin.full  # stamped: a client cannot spoof its address
         type_ = stanza.getAttribute("type") or _DEFAULT_TYPE[kind]
         if type_ not in _TYPES[kind]:
@@ -269,6 +273,26 @@ class Dispatcher:
         event = Event(
             self.server, element, "stream", element.name, origin, origin.jid, host, "host", None
         )
+        return self.run(key, event)
+
+    def dispatch_negotiation(self, element: domish.Element, stream: Any):
+        """A top-level element during negotiation that the stream itself does not know.
+
+        The key is C{("negotiate", ns, name)} (XEP-0198 <resume/> after SASL);
+        C{event.origin} is None, C{event.sender} the authenticated account (the
+        host before authentication) and C{event.stream} the stream. Returns
+        False when no plugin registered for it, else None or a Deferred.
+        """
+        key = ("negotiate", element.uri, element.name)
+        if key not in self._chains:
+            return False
+        auth = stream.authenticator
+        host = parse_jid(auth.host)
+        sender = JID(tuple=(auth.username, auth.host, None)) if auth.username else host
+        event = Event(
+            self.server, element, "negotiate", element.name, None, sender, host, "host", None
+        )
+        event.stream = stream
         return self.run(key, event)
 
     def dispatch_preauth(self, stanza: domish.Element, stream: Any) -> defer.Deferred | None:
@@ -434,7 +458,7 @@ def check_key(key: tuple) -> None:
     ok = False
     if len(key) == 3 and key[0] == "out":
         ok = key[1] in _TYPES and key[2] in _TYPES[key[1]]
-    elif len(key) == 3 and key[0] == "stream":
+    elif len(key) == 3 and key[0] in ("stream", "negotiate"):
         ok = isinstance(key[1], str) and isinstance(key[2], str)
     elif len(key) == 4 and key[0] == "iq":
         ok = key[1] in IQ_TYPES and isinstance(key[2], str) and key[3] in _IQ_TARGETS

@@ -43,8 +43,13 @@ class ISessionStream(Interface):
     def drained():
         """A Deferred firing once the client has read what was sent so far."""
 
-    def fail(condition, text=None):
-        """Close with a stream error (RFC 6120 §4.9)."""
+    def fail(condition, text=None, app_condition=None):
+        """Close with a stream error (RFC 6120 §4.9), optionally with an application condition.
+
+        The transport then ends the session it carries (its C{session}
+        attribute) through C{server.stream_gone}; a feature that moves a
+        session to another transport sets that attribute on both.
+        """
 
 
 class ISessionRegistry(Interface):

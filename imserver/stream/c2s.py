@@ -150,12 +150,15 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
                 return self.sasl(element)
             if uri == NS_CLIENT and name == "iq" and self._is_register(element):
                 return self.server.dispatcher.dispatch_preauth(element, self.xs)
-            return self.xs.fail("not-authorized")
-        if uri == NS_CLIENT and name == "iq" and element.getAttribute("type") == "set":
+        elif uri == NS_CLIENT and name == "iq" and element.getAttribute("type") == "set":
             bind = next(element.elements(NS_BIND, "bind"), None)
             if bind is not None:
                 return self.bind(element, bind)
-        return self.xs.fail("not-authorized", "bind a resource first")
+        # A feature's element (XEP-0198 <resume/>): its handler may give this
+        # stream a session (see C2SStream.session); otherwise refused.
+        if self.server.dispatcher.dispatch_negotiation(element, self.xs) is False:
+            text = None if self.username is None else "bind a resource first"
+            self.xs.fail("not-authorized", text)
 
     @staticmethod
     def _is_register(iq: domish.Element) -> bool:
@@ -303,6 +306,9 @@ class C2SStream(xmlstream.XmlStream):
         super().__init__(C2SAuthenticator(server))
         self.server = server
         self.secure = direct_tls
+        #: The bound session this stream carries. A feature may hand it over
+        #: to another stream (XEP-0198 resumption sets it on the new stream
+        #: and to None on the old one, which then ends no session).
         self.session: Session | None = None
         self.closed = False
         self.peer_address = ""
@@ -401,7 +407,8 @@ class C2SStream(xmlstream.XmlStream):
         ping["id"] = "idle-" + secrets.token_hex(4)
         ping["from"] = self.authenticator.host
         ping.addElement(("urn:xmpp:ping", "ping"))
-        self.send_stanza(ping)
+        # Through the session's stream when bound: a wrapper (XEP-0198) counts every stanza.
+        (self.session.stream if self.session is not None else self).send_stanza(ping)
         self._pinged_at = now
         self._timeout = reactor.callLater(limits.idle_ping_timeout, self._idle_check)
 
@@ -433,11 +440,18 @@ class C2SStream(xmlstream.XmlStream):
         self.flow.closing()
         self.transport.loseConnection()
 
-    def fail(self, condition: str, text: str | None = None, drain: bool = False) -> None:
+    def fail(
+        self,
+        condition: str,
+        text: str | None = None,
+        drain: bool = False,
+        app_condition: domish.Element | None = None,
+    ) -> None:
         """Close with a stream error (RFC 6120 §4.9); the session ends at once.
 
         With C{drain}, stanzas already read but waiting behind a slow handler
-        are still handled, and the session ends after them.
+        are still handled, and the session ends after them. C{app_condition}
+        is an application-specific condition element (§4.9.4).
         """
         if self.closed:
             return
@@ -450,7 +464,7 @@ class C2SStream(xmlstream.XmlStream):
         else:
             self._end_session(condition)
         self.flow.closing()
-        self.sendStreamError(StreamError(condition, text=text))
+        self.sendStreamError(StreamError(condition, text=text, appCondition=app_condition))
 
     def _end_session(self, reason: str) -> None:
         """The session loses this stream; the server ends it unless a feature keeps it."""

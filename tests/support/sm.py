@@ -1,0 +1,108 @@
+"""XEP-0198 on the wire: a RawClient that counts what it handles, and its acks and resumes.
+
+The client side of stream management, written from the XEP and sharing no
+code with the server: it counts every stanza it receives after <enable/> (its
+'h', kept across resumptions), answers the server's <r/> only when told to,
+and can drop its connection without closing the stream (a phone losing its
+network) or resume on a new connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from support.client import IQ, MESSAGE, PRESENCE, RawClient, clark
+
+NS_SM = "urn:xmpp:sm:3"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+STANZA_TAGS = frozenset((IQ, MESSAGE, PRESENCE))
+
+
+def sm(local: str) -> str:
+    return clark(NS_SM, local)
+
+
+class SMClient(RawClient):
+    """A RawClient with a XEP-0198 inbound counter.
+
+    C{handled} counts stanzas received since <enable/> (mod 2^32) whether or
+    not the test has taken them from the queue yet: what arrived is handled.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.counting = False
+        self.handled = 0
+        self.sm_id: str | None = None
+
+    def _feed(self, data: bytes) -> None:
+        before = len(self._queue)
+        super()._feed(data)
+        if self.counting:
+            new = list(self._queue)[before:]
+            self.handled = (self.handled + sum(e.tag in STANZA_TAGS for e in new)) % 2**32
+
+    def enable(self, resume: bool = True, max_: int | None = None) -> ET.Element:
+        """<enable/>; returns <enabled/> (or <failed/>) and starts counting."""
+        attributes = " resume='true'" if resume else ""
+        if max_ is not None:
+            attributes += f" max='{max_}'"
+        self.send(f"<enable xmlns='{NS_SM}'{attributes}/>")
+        self.counting = True
+        self.handled = 0
+        answer = self.expect(lambda e: e.tag in (sm("enabled"), sm("failed")))
+        if answer.tag == sm("enabled"):
+            self.sm_id = answer.get("id")
+        return answer
+
+    def ack(self) -> None:
+        """Send <a/> with everything handled so far."""
+        self.send(f"<a xmlns='{NS_SM}' h='{self.handled}'/>")
+
+    def request(self) -> int:
+        """<r/> and the server's 'h' from its <a/>."""
+        self.send(f"<r xmlns='{NS_SM}'/>")
+        return int(self.expect(sm("a")).get("h"))
+
+    def drop(self) -> None:
+        """Lose the connection: no </stream:stream>, a TCP reset (like a dead network)."""
+        sock, self.sock = self.sock, None
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with contextlib.suppress(OSError):
+            sock.close()
+        self.closed = True
+
+    def reconnect(self, user: str, password: str) -> None:
+        """A new connection up to the point of bind (TLS, SASL, stream restart)."""
+        self.sock = None
+        self.closed = False
+        self._queue.clear()
+        self.connect()
+        features = self.open_stream()
+        if features.find(clark("urn:ietf:params:xml:ns:xmpp-tls", "starttls")) is not None:
+            self.starttls()
+            self.open_stream()
+        self.auth_scram(user, password, "SCRAM-SHA-1")
+        self.features = self.open_stream()
+
+    def resume(self, previd: str | None = None, h: int | None = None) -> ET.Element:
+        """<resume/>; returns <resumed/> or <failed/>."""
+        previd = self.sm_id if previd is None else previd
+        h = self.handled if h is None else h
+        self.send(f"<resume xmlns='{NS_SM}' previd='{previd}' h='{h}'/>")
+        return self.expect(lambda e: e.tag in (sm("resumed"), sm("failed")))
+
+
+def failed_condition(element: ET.Element) -> str | None:
+    """The stanza error condition inside a <failed/>."""
+    for child in element:
+        if child.tag.startswith(f"{{{NS_STANZAS}}}"):
+            return child.tag.rpartition("}")[2]
+    return None
