@@ -393,7 +393,9 @@ class StreamManagement:
 
         The session is unbound by now, so a message to its full JID goes to
         the account's other resources or offline storage (RFC 6121 §8.5.3.2.1),
-        or bounces. Unanswered iq requests bounce; presence is dropped.
+        or bounces. All are routed at once, in the order they were sent, so a
+        client logging in again meanwhile cannot get them out of order.
+        Unanswered iq requests bounce; presence is dropped.
         """
         router, dispatcher = self.server.router, self.server.dispatcher
         for data in unacked:

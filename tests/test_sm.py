@@ -15,16 +15,27 @@ from typing import Any
 
 import pytest
 from support.ca import TestCA
-from support.client import MESSAGE, NS_CLIENT, RawClient, clark, stream_error_condition, to_text
+from support.client import RawClient, clark, stream_error_condition, to_text
 from support.im import User, body_is, presence
 from support.prosody import DEFAULT_MODULES, ProsodyProcess
 from support.server import ServerProcess
-from support.sm import NS_SM, SMClient, failed_condition, sm
+from support.sm import (
+    MECHANISM,
+    NS_SM,
+    PLUGINS,
+    SMClient,
+    chat_to,
+    come_online,
+    failed_condition,
+    plain_online,
+    received_bodies,
+    sm,
+    sm_online,
+)
 from support.tools import needs
 
 #: Seconds a dropped session waits for resumption, on both servers.
 RESUME_TIMEOUT = 3
-MECHANISM = "SCRAM-SHA-1"  # offered by both servers
 
 
 @dataclass
@@ -74,21 +85,6 @@ def target(request, tmp_path_factory) -> Iterator[Target]:
         process.stop() if request.param == "prosody" else process.kill()
 
 
-PLUGINS = [
-    "sessions",
-    "disco",
-    "ping",
-    "version",
-    "roster",
-    "presence",
-    "subscriptions",
-    "offline",
-    "privacy",
-    "blocking",
-    "sm",
-]
-
-
 @pytest.fixture
 def clients(target: Target) -> Iterator[Callable[..., Any]]:
     """clients(cls=SMClient): a new unconnected client for the target; all closed at the end."""
@@ -102,46 +98,6 @@ def clients(target: Target) -> Iterator[Callable[..., Any]]:
     yield make
     for client in made:
         client.close()
-
-
-def sm_online(clients, account, resume: bool = True) -> SMClient:
-    """Log in like a mobile client: bind, enable SM, roster, initial presence."""
-    client: SMClient = clients()
-    client.login(account[0], account[1], "phone", MECHANISM)
-    enabled = client.enable(resume=resume)
-    assert enabled.tag == sm("enabled"), to_text(enabled)
-    come_online(client)
-    return client
-
-
-def come_online(client: RawClient) -> None:
-    """Roster get, then initial presence and its echo (Prosody's has no 'to')."""
-    result = client.iq("<iq type='get'><query xmlns='jabber:iq:roster'/></iq>")
-    assert result.get("type") == "result", to_text(result)
-    client.send("<presence/>")
-    client.expect(presence(client.jid))
-
-
-def plain_online(clients, account) -> User:
-    client = clients(RawClient)
-    client.login(account[0], account[1], "desk", MECHANISM)
-    come_online(client)
-    return User(client, *account)
-
-
-def chat_to(sender: User, to: str, *bodies: str) -> None:
-    for text in bodies:
-        sender.send(f"<message to='{to}' type='chat'><body>{text}</body></message>")
-
-
-def bodies(elements) -> list[str]:
-    return [e.findtext(clark(NS_CLIENT, "body")) for e in elements if e.tag == MESSAGE]
-
-
-def received_bodies(client: RawClient, wait: float = 0.3) -> list[str]:
-    """Bodies of every message that arrived (and was not taken) after a ping round trip."""
-    user = User(client, "", "")
-    return bodies(user.received(wait))
 
 
 def mutual(a: RawClient, a_bare: str, b: RawClient, b_bare: str) -> None:

@@ -15,10 +15,12 @@ import struct
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from support.client import IQ, MESSAGE, PRESENCE, RawClient, clark
+from support.client import IQ, MESSAGE, NS_CLIENT, PRESENCE, RawClient, clark, to_text
+from support.im import User, presence
 
 NS_SM = "urn:xmpp:sm:3"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+MECHANISM = "SCRAM-SHA-1"  # offered by imserver and Prosody alike
 STANZA_TAGS = frozenset((IQ, MESSAGE, PRESENCE))
 
 
@@ -106,3 +108,59 @@ def failed_condition(element: ET.Element) -> str | None:
         if child.tag.startswith(f"{{{NS_STANZAS}}}"):
             return child.tag.rpartition("}")[2]
     return None
+
+
+#: imserver's default plugins plus stream management.
+PLUGINS = [
+    "sessions",
+    "disco",
+    "ping",
+    "version",
+    "roster",
+    "presence",
+    "subscriptions",
+    "offline",
+    "privacy",
+    "blocking",
+    "sm",
+]
+
+
+def sm_online(clients, account, resume: bool = True) -> SMClient:
+    """Log in like a mobile client: bind, enable SM, roster, initial presence."""
+    client: SMClient = clients()
+    client.login(account[0], account[1], "phone", MECHANISM)
+    enabled = client.enable(resume=resume)
+    assert enabled.tag == sm("enabled"), to_text(enabled)
+    come_online(client)
+    return client
+
+
+def come_online(client: RawClient) -> None:
+    """Roster get, then initial presence and its echo (Prosody's has no 'to')."""
+    result = client.iq("<iq type='get'><query xmlns='jabber:iq:roster'/></iq>")
+    assert result.get("type") == "result", to_text(result)
+    client.send("<presence/>")
+    client.expect(presence(client.jid))
+
+
+def plain_online(clients, account) -> User:
+    client = clients(RawClient)
+    client.login(account[0], account[1], "desk", MECHANISM)
+    come_online(client)
+    return User(client, *account)
+
+
+def chat_to(sender: User | RawClient, to: str, *bodies: str) -> None:
+    for text in bodies:
+        sender.send(f"<message to='{to}' type='chat'><body>{text}</body></message>")
+
+
+def bodies(elements) -> list[str]:
+    return [e.findtext(clark(NS_CLIENT, "body")) for e in elements if e.tag == MESSAGE]
+
+
+def received_bodies(client: RawClient, wait: float = 0.3) -> list[str]:
+    """Bodies of every message that arrived (and was not taken) after a ping round trip."""
+    user = User(client, "", "")
+    return bodies(user.received(wait))
