@@ -112,8 +112,7 @@ class LifecycleTests(StoreTestCase):
             "alice", HOST, 3, {"bob@example.net": RosterItem("bob@example.net", "Bob")}, {}
         )
         yield store.store_offline("alice", HOST, "<message>kept</message>", 10)
-        yield store.put_privacy_list("alice", HOST, "l", [PrivacyItem(1, "deny")])
-        yield store.set_default_list("alice", HOST, "l")
+        yield store.write_privacy("alice", HOST, {"l": [PrivacyItem(1, "deny")]}, "l")
         yield store.stop()
 
         store = yield self.open()
@@ -194,8 +193,7 @@ class UserTests(StoreTestCase):
             "alice", HOST, 2, {"bob@example.net": RosterItem("bob@example.net")}, {"c@x": True}
         )
         yield store.store_offline("alice", HOST, "<message/>", 10)
-        yield store.put_privacy_list("alice", HOST, "l", [PrivacyItem(1, "deny")])
-        yield store.set_default_list("alice", HOST, "l")
+        yield store.write_privacy("alice", HOST, {"l": [PrivacyItem(1, "deny")]}, "l")
 
         yield store.delete_user("alice", HOST)
 
@@ -349,28 +347,42 @@ class PrivacyTests(StoreTestCase):
             PrivacyItem(4, "allow"),
         ]
         quiet = [PrivacyItem(10, "deny", stanzas=frozenset({"presence-out"}))]
-        yield store.put_privacy_list("alice", HOST, "block", block)
-        yield store.put_privacy_list("alice", HOST, "quiet", quiet)
-        yield store.set_default_list("alice", HOST, "block")
+        yield store.write_privacy("alice", HOST, {"block": block, "quiet": quiet}, "block")
         privacy = yield store.get_privacy("alice", HOST)
         self.assertEqual(privacy, PrivacySettings("block", {"block": block, "quiet": quiet}))
 
     @defer.inlineCallbacks
     def test_replace_remove_and_decline_default(self):
         store = yield self.open()
-        yield store.put_privacy_list("alice", HOST, "l", [PrivacyItem(1, "deny")])
-        yield store.put_privacy_list("alice", HOST, "m", [PrivacyItem(1, "allow")])
-        yield store.set_default_list("alice", HOST, "l")
+        lists = {"l": [PrivacyItem(1, "deny")], "m": [PrivacyItem(1, "allow")]}
+        yield store.write_privacy("alice", HOST, lists, "l")
         replaced = [PrivacyItem(5, "allow", "jid", "bob@example.net")]
-        yield store.put_privacy_list("alice", HOST, "l", replaced)
-        yield store.put_privacy_list("alice", HOST, "m", [])
-        yield store.set_default_list("alice", HOST, "l")
+        yield store.write_privacy("alice", HOST, {"l": replaced, "m": []}, "l")
         self.assertEqual(
             (yield store.get_privacy("alice", HOST)), PrivacySettings("l", {"l": replaced})
         )
-        yield store.set_default_list("alice", HOST, None)
+        yield store.write_privacy("alice", HOST, {}, None)
         self.assertEqual(
             (yield store.get_privacy("alice", HOST)), PrivacySettings(None, {"l": replaced})
+        )
+
+    @defer.inlineCallbacks
+    def test_failed_write_leaves_neither_list_nor_default(self):
+        """A list and the default naming it are one transaction (a block makes both)."""
+        store = yield self.open()
+        yield store.write_privacy("alice", HOST, {"old": [PrivacyItem(1, "allow")]}, "old")
+        # The database refuses the default's row, after the list's row was written.
+        self.raw_sql(
+            "CREATE TRIGGER refuse_default BEFORE INSERT ON privacy_default"
+            " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+        block = [PrivacyItem(0, "deny", "jid", "spam@example.com")]
+        yield self.assertFailure(
+            store.write_privacy("alice", HOST, {"blocklist": block}, "blocklist"), StoreError
+        )
+        self.assertEqual(
+            (yield store.get_privacy("alice", HOST)),
+            PrivacySettings("old", {"old": [PrivacyItem(1, "allow")]}),
         )
 
 
@@ -384,8 +396,7 @@ class VirtualHostTests(StoreTestCase):
         yield store.write_roster("alice", HOST, 4, {item.jid: item}, {"c@d": True})
         yield store.store_offline("alice", HOST, "<message/>", 1)
         self.assertTrue((yield store.store_offline("alice", OTHER_HOST, "<message/>", 1)))
-        yield store.put_privacy_list("alice", HOST, "l", [PrivacyItem(1, "deny")])
-        yield store.set_default_list("alice", HOST, "l")
+        yield store.write_privacy("alice", HOST, {"l": [PrivacyItem(1, "deny")]}, "l")
 
         self.assertTrue(check_password((yield store.get_credentials("alice", HOST)), "first"))
         other = yield store.get_credentials("alice", OTHER_HOST)

@@ -343,13 +343,14 @@ class SQLStore:
     def get_privacy(self, user: str, host: str) -> Deferred[PrivacySettings]:
         return self._run(self._get_privacy, user, host)
 
-    def put_privacy_list(
-        self, user: str, host: str, name: str, items: Sequence[PrivacyItem]
+    def write_privacy(
+        self,
+        user: str,
+        host: str,
+        lists: Mapping[str, Sequence[PrivacyItem]],
+        default: str | None,
     ) -> Deferred[None]:
-        return self._run(self._put_privacy_list, user, host, name, items)
-
-    def set_default_list(self, user: str, host: str, name: str | None) -> Deferred[None]:
-        return self._run(self._set_default_list, user, host, name)
+        return self._run(self._write_privacy, user, host, lists, default)
 
     def _get_privacy(self, user: str, host: str) -> PrivacySettings:
         with self._db.connect() as conn:
@@ -366,27 +367,36 @@ class SQLStore:
             lists={row.name: _load_privacy_items(row.items_json) for row in rows},
         )
 
-    def _put_privacy_list(
-        self, user: str, host: str, name: str, items: Sequence[PrivacyItem]
+    def _write_privacy(
+        self,
+        user: str,
+        host: str,
+        lists: Mapping[str, Sequence[PrivacyItem]],
+        default: str | None,
     ) -> None:
+        # One transaction: a list and the default naming it are stored together or
+        # not at all (a block creates its list and makes it the default at once).
         with _writing(self._db) as conn:
-            conn.execute(
-                delete(privacy_lists).where(
-                    _owned(privacy_lists, user, host), privacy_lists.c.name == name
-                )
-            )
-            if items:
+            for name, items in lists.items():
                 conn.execute(
-                    privacy_lists.insert().values(
-                        host=host, username=user, name=name, items_json=_dump_privacy_items(items)
+                    delete(privacy_lists).where(
+                        _owned(privacy_lists, user, host), privacy_lists.c.name == name
                     )
                 )
-
-    def _set_default_list(self, user: str, host: str, name: str | None) -> None:
-        with _writing(self._db) as conn:
+                if items:
+                    conn.execute(
+                        privacy_lists.insert().values(
+                            host=host,
+                            username=user,
+                            name=name,
+                            items_json=_dump_privacy_items(items),
+                        )
+                    )
             conn.execute(delete(privacy_default).where(_owned(privacy_default, user, host)))
-            if name is not None:
-                conn.execute(privacy_default.insert().values(host=host, username=user, name=name))
+            if default is not None:
+                conn.execute(
+                    privacy_default.insert().values(host=host, username=user, name=default)
+                )
 
 
 # -- helpers (all run in the pool thread) ---------------------------------------
