@@ -49,8 +49,9 @@ class IRosterStore(Interface):
         """Apply one change atomically.
 
         C{items} maps a contact's bare JID to a L{imserver.roster.RosterItem}, or to
-        None to delete it; C{pending_in} maps a contact's bare JID to True (store the
-        pending request) or False (forget it); C{version} is the roster's new version.
+        None to delete it; C{pending_in} maps a contact's bare JID to its pending
+        request (the serialised stanza, to store) or None (forget it); C{version}
+        is the roster's new version.
         """
 
 

@@ -114,7 +114,7 @@ class Roster:
             raise StanzaError("item-not-found")
         pending_in = contact in roster.pending_in
         version = yield self.server.rosters.write(
-            session.user, session.host, roster, items={contact: None}, pending_in={contact: False}
+            session.user, session.host, roster, items={contact: None}, pending_in={contact: None}
         )
         event.answer()
         model.push(self.server.router, session.bare, item, version, removed=True)

@@ -17,6 +17,8 @@ from imserver import subscription as table
 from imserver.interfaces import IFeature
 from imserver.jid import parse_jid
 from imserver.router import readdressed
+from imserver.serialize import stanza_bytes
+from imserver.stream.parser import parse_stanza
 
 KINDS = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
 NS_PRE_APPROVAL = "urn:xmpp:features:pre-approval"
@@ -93,9 +95,13 @@ class Subscriptions:
             if event.type == "subscribe":  # §3.1.3: no such user
                 self._route(_presence("unsubscribed", bare, contact))
             return True
-        outcome = yield self._transition(user, host, contact, "inbound", event.type, keep=online)
+        stanza = readdressed(event.stanza, bare, contact)
+        # A request that ends up pending is kept as sent, for redelivery at login.
+        request = stanza_bytes(stanza).decode("utf-8") if event.type == "subscribe" else None
+        outcome = yield self._transition(
+            user, host, contact, "inbound", event.type, keep=online, request=request
+        )
         if outcome.deliver:
-            stanza = readdressed(event.stanza, bare, contact)
             router = self.server.router
             router.send_to_sessions(router.available(bare), stanza)
         if outcome.auto_reply is not None:
@@ -105,15 +111,35 @@ class Subscriptions:
         return True
 
     def _transition(
-        self, user: str, host: str, contact: str, direction: str, kind: str, keep: bool
+        self,
+        user: str,
+        host: str,
+        contact: str,
+        direction: str,
+        kind: str,
+        keep: bool,
+        request: str | None = None,
     ):
-        """Apply the table's answer to the stored roster, alone among the user's roster changes."""
+        """Apply the table's answer to the stored roster, alone among the user's roster changes.
+
+        C{request} is the serialised inbound subscribe: what is stored when it
+        leaves the contact Pending In.
+        """
         return self.server.rosters.exclusive(
-            user, host, self._apply, user, host, contact, direction, kind, keep
+            user, host, self._apply, user, host, contact, direction, kind, keep, request
         )
 
     @defer.inlineCallbacks
-    def _apply(self, user: str, host: str, contact: str, direction: str, kind: str, keep: bool):
+    def _apply(
+        self,
+        user: str,
+        host: str,
+        contact: str,
+        direction: str,
+        kind: str,
+        keep: bool,
+        request: str | None,
+    ):
         roster = yield self.server.rosters.get(user, host, keep=keep)
         item = roster.items.get(contact)
         pending = contact in roster.pending_in
@@ -123,7 +149,9 @@ class Subscriptions:
         new_item = table.apply(item, contact, outcome)
         items = {contact: new_item} if new_item != item else {}
         pending_in = (
-            {contact: outcome.state.pending_in} if outcome.state.pending_in != pending else {}
+            {contact: request if outcome.state.pending_in else None}
+            if outcome.state.pending_in != pending
+            else {}
         )
         if items or pending_in:
             version = yield self.server.rosters.write(user, host, roster, items, pending_in)
@@ -145,12 +173,16 @@ class Subscriptions:
 
     @defer.inlineCallbacks
     def redeliver_pending(self, session):
-        """Pending requests reach the user again at each login (RFC 6121 §3.1.3)."""
+        """Pending requests reach the user again at each login (RFC 6121 §3.1.3).
+
+        Each is the stanza the contact sent (id, status, nick and all), as stored.
+        """
         roster = yield self.server.rosters.get(session.user, session.host, keep=True)
         privacy = self.server.privacy
-        for contact in sorted(roster.pending_in):
+        yield privacy.ready(session)
+        for contact, request in sorted(roster.pending_in.items()):
             if privacy.admits(session, parse_jid(contact), "presence", "subscribe"):
-                session.send(_presence("subscribe", contact, session.bare))
+                session.send(parse_stanza(request))
 
 
 feature = Subscriptions()

@@ -217,7 +217,7 @@ class SQLStore:
         host: str,
         version: int,
         items: Mapping[str, RosterItem | None],
-        pending_in: Mapping[str, bool],
+        pending_in: Mapping[str, str | None],
     ) -> Deferred[None]:
         return self._run(self._write_roster, user, host, version, items, pending_in)
 
@@ -230,9 +230,11 @@ class SQLStore:
                 select(roster_items).where(_owned(roster_items, user, host))
             ).all()
             pending = conn.execute(
-                select(roster_pending_in.c.contact).where(_owned(roster_pending_in, user, host))
-            ).scalars()
-            roster = Roster(version=version or 0, pending_in=set(pending))
+                select(roster_pending_in.c.contact, roster_pending_in.c.stanza).where(
+                    _owned(roster_pending_in, user, host)
+                )
+            ).all()
+            roster = Roster(version=version or 0, pending_in=dict(pending))
         for row in item_rows:
             roster.items[row.contact] = RosterItem(
                 jid=row.contact,
@@ -250,7 +252,7 @@ class SQLStore:
         host: str,
         version: int,
         items: Mapping[str, RosterItem | None],
-        pending_in: Mapping[str, bool],
+        pending_in: Mapping[str, str | None],
     ) -> None:
         with _writing(self._db) as conn:
             for jid, item in items.items():
@@ -272,15 +274,17 @@ class SQLStore:
                             groups=json.dumps(list(item.groups)),
                         )
                     )
-            for jid, pending in pending_in.items():
+            for jid, request in pending_in.items():
                 conn.execute(
                     delete(roster_pending_in).where(
                         _owned(roster_pending_in, user, host), roster_pending_in.c.contact == jid
                     )
                 )
-                if pending:
+                if request is not None:
                     conn.execute(
-                        roster_pending_in.insert().values(host=host, username=user, contact=jid)
+                        roster_pending_in.insert().values(
+                            host=host, username=user, contact=jid, stanza=request
+                        )
                     )
             updated = conn.execute(
                 roster_versions.update()
