@@ -7,82 +7,35 @@ Prosody does something else, the test says so and which side follows the XEP.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from support.ca import TestCA
 from support.client import RawClient, clark, stream_error_condition, to_text
 from support.im import User, body_is, presence
-from support.prosody import DEFAULT_MODULES, ProsodyProcess
-from support.server import ServerProcess
 from support.sm import (
     MECHANISM,
     NS_SM,
-    PLUGINS,
+    RESUME_TIMEOUT,
+    SERVERS,
     SMClient,
+    Target,
     chat_to,
     come_online,
     failed_condition,
     plain_online,
     received_bodies,
+    running,
     sm,
     sm_online,
 )
-from support.tools import needs
-
-#: Seconds a dropped session waits for resumption, on both servers.
-RESUME_TIMEOUT = 3
-
-
-@dataclass
-class Target:
-    """One server under test: its name, process and a way to make accounts."""
-
-    name: str
-    process: Any
-    make_account: Callable[[], tuple[str, str]]
-
-
-SERVERS = ["imserver", pytest.param("prosody", marks=needs("prosody"))]
 
 
 @pytest.fixture(scope="module", params=SERVERS)
 def target(request, tmp_path_factory) -> Iterator[Target]:
-    if request.param == "imserver":
-        process = ServerProcess(
-            tmp_path_factory.mktemp("imserver"),
-            server={"plugins": PLUGINS},
-            plugin={"sm": {"resume_timeout": RESUME_TIMEOUT}},
-        )
-        process.start()
-
-        def make() -> tuple[str, str]:
-            return process.new_account("sm")
-
-    else:
-        ca = TestCA(tmp_path_factory.mktemp("ca"))
-        process = ProsodyProcess(
-            tmp_path_factory.mktemp("prosody"),
-            certificate=ca.issue("localhost"),
-            modules_enabled=(*DEFAULT_MODULES, "smacks", "csi_simple"),
-            options={"smacks_hibernation_time": RESUME_TIMEOUT},
-        )
-        process.start()
-
-        def make() -> tuple[str, str]:
-            jid = f"sm-{secrets.token_hex(4)}@{process.host}"
-            password = "pw-" + secrets.token_urlsafe(8)
-            process.register(jid, password)
-            return jid, password
-
-    try:
-        yield Target(request.param, process, make)
-    finally:
-        process.stop() if request.param == "prosody" else process.kill()
+    with running(request.param, tmp_path_factory) as started:
+        yield started
 
 
 @pytest.fixture

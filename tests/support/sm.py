@@ -10,13 +10,22 @@ network) or resume on a new connection.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import socket
 import struct
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import pytest
+
+from support.ca import TestCA
 from support.client import IQ, MESSAGE, NS_CLIENT, PRESENCE, RawClient, clark, to_text
 from support.im import User, presence
+from support.prosody import DEFAULT_MODULES, ProsodyProcess
+from support.server import ServerProcess
+from support.tools import needs
 
 NS_SM = "urn:xmpp:sm:3"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -164,3 +173,55 @@ def received_bodies(client: RawClient, wait: float = 0.3) -> list[str]:
     """Bodies of every message that arrived (and was not taken) after a ping round trip."""
     user = User(client, "", "")
     return bodies(user.received(wait))
+
+
+# -- one scenario, either server ------------------------------------------------------
+
+#: Seconds a dropped session waits for resumption, on both servers.
+RESUME_TIMEOUT = 3
+SERVERS = ["imserver", pytest.param("prosody", marks=needs("prosody"))]
+
+
+@dataclass
+class Target:
+    """One server under test: its name, process and a way to make accounts."""
+
+    name: str
+    process: ServerProcess | ProsodyProcess
+    make_account: Callable[[], tuple[str, str]]
+
+
+@contextlib.contextmanager
+def running(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """A started imserver or Prosody ("imserver"/"prosody") with SM and a short resume time."""
+    if name == "imserver":
+        process = ServerProcess(
+            tmp_path_factory.mktemp("imserver"),
+            server={"plugins": PLUGINS},
+            plugin={"sm": {"resume_timeout": RESUME_TIMEOUT}},
+        )
+        process.start()
+
+        def make() -> tuple[str, str]:
+            return process.new_account("sm")
+
+    else:
+        ca = TestCA(tmp_path_factory.mktemp("ca"))
+        process = ProsodyProcess(
+            tmp_path_factory.mktemp("prosody"),
+            certificate=ca.issue("localhost"),
+            modules_enabled=(*DEFAULT_MODULES, "smacks", "csi_simple"),
+            options={"smacks_hibernation_time": RESUME_TIMEOUT},
+        )
+        process.start()
+
+        def make() -> tuple[str, str]:
+            jid = f"sm-{secrets.token_hex(4)}@{process.host}"
+            password = "pw-" + secrets.token_urlsafe(8)
+            process.register(jid, password)
+            return jid, password
+
+    try:
+        yield Target(name, process, make)
+    finally:
+        process.stop() if name == "prosody" else process.kill()
