@@ -27,6 +27,7 @@ from support.sm import (
 from plugins.sm import MOD, AckedStream
 
 MAX_UNACKED = 8
+CHATSTATES = "http://jabber.org/protocol/chatstates"
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +179,25 @@ def test_counters_wrap_at_2_to_the_32() -> None:
     acked = AckedStream(_Manager(), session, _Transport())
     session.stanzas_in = 5 + MOD + 3
     assert acked.handled == 3
+
+
+def test_stanzas_held_for_an_inactive_client_are_resent_on_resume(
+    clients, pool: AccountPool
+) -> None:
+    alice_account, bob_account = pool.take(2)
+    alice = sm_online(clients, alice_account)
+    bob = plain(clients, bob_account)
+    alice.send("<inactive xmlns='urn:xmpp:csi:0'/>")
+    chat_to(bob, alice.jid, "seen")
+    alice.expect(body_is("seen"))
+    bob.send(f"<message to='{alice.jid}' type='chat'><composing xmlns='{CHATSTATES}'/></message>")
+    bob.sync()
+    assert alice.request() == 2  # <a/> passes while the chat state is held
+    alice.ack()
+    alice.drop()
+    alice.reconnect(*alice_account)
+    assert alice.resume().tag == sm("resumed")
+    held = alice.expect(
+        lambda e: e.find("{http://jabber.org/protocol/chatstates}composing") is not None
+    )
+    assert held.get("from") == bob.jid

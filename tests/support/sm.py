@@ -119,7 +119,7 @@ def failed_condition(element: ET.Element) -> str | None:
     return None
 
 
-#: imserver's default plugins plus stream management.
+#: imserver's default plugins plus stream management and client state indication.
 PLUGINS = [
     "sessions",
     "disco",
@@ -132,6 +132,7 @@ PLUGINS = [
     "privacy",
     "blocking",
     "sm",
+    "csi",
 ]
 
 
@@ -179,6 +180,8 @@ def received_bodies(client: RawClient, wait: float = 0.3) -> list[str]:
 
 #: Seconds a dropped session waits for resumption, on both servers.
 RESUME_TIMEOUT = 3
+#: Senders (imserver) or stanzas (Prosody) an inactive client's queue holds before a flush.
+CSI_LIMIT = 4
 SERVERS = ["imserver", pytest.param("prosody", marks=needs("prosody"))]
 
 
@@ -198,7 +201,7 @@ def running(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tar
         process = ServerProcess(
             tmp_path_factory.mktemp("imserver"),
             server={"plugins": PLUGINS},
-            plugin={"sm": {"resume_timeout": RESUME_TIMEOUT}},
+            plugin={"sm": {"resume_timeout": RESUME_TIMEOUT}, "csi": {"max_held": CSI_LIMIT}},
         )
         process.start()
 
@@ -211,7 +214,7 @@ def running(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tar
             tmp_path_factory.mktemp("prosody"),
             certificate=ca.issue("localhost"),
             modules_enabled=(*DEFAULT_MODULES, "smacks", "csi_simple"),
-            options={"smacks_hibernation_time": RESUME_TIMEOUT},
+            options={"smacks_hibernation_time": RESUME_TIMEOUT, "csi_queue_size": CSI_LIMIT},
         )
         process.start()
 
