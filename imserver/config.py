@@ -29,6 +29,8 @@ DEFAULT_PLUGINS = (
     "offline",
     "privacy",
     "blocking",
+    "sm",
+    "csi",
 )
 
 
