@@ -38,7 +38,7 @@ import procstat  # noqa: E402
 
 PYTHON = ROOT / ".venv" / "bin" / "python"
 LOADGEN = BENCH / "xmppload.py"
-SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn")
+SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn", "sm")
 DOMAIN = "localhost"
 FD_LIMIT = 65536
 SERVER_CPU, GENERATOR_CPU = "0", "1"
@@ -73,6 +73,16 @@ FIGURES = (
     ("churn", "cpu_per_1000_after", "messages CPU after churn", "s/1000", False),
     ("churn", "cpu_ratio_after_before", "churn CPU after/before", "ratio", False),
     ("churn", "retained_kib_per_session", "RSS kept after churn", "KiB/session", False),
+    ("sm-off-messages", "rate", "messages without SM (same run)", "msgs/s", True),
+    ("sm-messages", "rate", "messages with SM, <r/> every 5", "msgs/s", True),
+    ("sm-messages", "p99_ms", "message latency with SM p99", "ms", False),
+    ("sm-messages", "loss", "messages lost with SM", "msgs", False),
+    ("sm-messages", "server_cpu_per_1000", "messages with SM CPU", "s/1000", False),
+    ("sm-login", "rate", "fresh login + SM enable", "logins/s", True),
+    ("sm-login", "p50_ms", "fresh login + SM enable p50", "ms", False),
+    ("sm-resume", "rate", "SM resumption", "resumes/s", True),
+    ("sm-resume", "p50_ms", "SM resumption p50", "ms", False),
+    ("sm-resume", "server_cpu_per_1000", "SM resumption CPU", "s/1000", False),
 )
 
 IMSERVER_CONFIG = """\
@@ -81,7 +91,7 @@ IMSERVER_CONFIG = """\
 hosts = ["{domain}"]
 data_dir = "{data}"
 plugins = ["sessions", "disco", "ping", "version", "register",
-           "roster", "presence", "subscriptions", "offline"]
+           "roster", "presence", "subscriptions", "offline", "sm"]
 allow_registration = true
 
 [storage]
@@ -125,7 +135,8 @@ c2s_ports = {{ {port} }}
 c2s_direct_tls_ports = {{ }}
 legacy_ssl_ports = {{ }}
 s2s_ports = {{ }}
-modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "version", "register" }}
+modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "version", "register",
+                    "smacks" }}
 modules_disabled = {{ "s2s", "s2s_auth_certs" }}
 c2s_require_encryption = false
 s2s_require_encryption = false

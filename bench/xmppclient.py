@@ -284,6 +284,22 @@ class Conn(asyncio.Protocol):
         self.send(f"<iq type='get' id='{iq_id}'><query xmlns='jabber:iq:roster'/></iq>".encode())
         return await self.iq_result(iq_id)
 
+    async def enable_sm(self) -> str:
+        """XEP-0198 <enable resume='true'/>; returns the resumption id."""
+        self.send(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        enabled = await self.expect(lambda e: e.startswith((b"<enabled", b"<failed")))
+        previd = attribute(enabled, "id")
+        if not enabled.startswith(b"<enabled") or not previd:
+            raise XMPPError(f"stream management refused: {enabled[:300]!r}")
+        return previd
+
+    async def resume(self, previd: str, h: int = 0) -> None:
+        """XEP-0198 <resume/> (after SASL and the stream restart)."""
+        self.send(f"<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='{h}'/>".encode())
+        answer = await self.expect(lambda e: e.startswith((b"<resumed", b"<failed")))
+        if not answer.startswith(b"<resumed"):
+            raise XMPPError(f"resumption refused: {answer[:300]!r}")
+
     async def initial_presence(self) -> None:
         """Send available presence; both servers reflect it, which marks the end of login."""
         self.send(b"<presence/>")

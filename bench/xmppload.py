@@ -37,13 +37,14 @@ from xmppclient import (  # noqa: E402
     Target,
     XMPPError,
     attribute,
+    connect,
     load_scram_cache,
     login,
     register,
     save_scram_cache,
 )
 
-SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn")
+SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn", "sm")
 
 
 @dataclass(frozen=True)
@@ -377,6 +378,63 @@ class Pair(Windowed):
             self.sent += count
 
 
+SM_REQUEST = b"<r xmlns='urn:xmpp:sm:3'/>"
+_SM_REQUEST = re.compile(rb"<r\s+xmlns=['\"]urn:xmpp:sm:3['\"]\s*/>")
+_EMPTY_STANZA = re.compile(rb"<(?:message|presence|iq)\b[^>]*/>")
+
+
+class AckingPair(Pair):
+    """A L{Pair} whose sender asks for an ack (XEP-0198 <r/>) after every C{every} chats."""
+
+    def __init__(self, sender: Conn, to: str, window: int, every: int) -> None:
+        super().__init__(sender, to, window)
+        self.every = every
+        self.since_request = 0
+
+    def pump(self) -> None:
+        count = min(self.total - self.sent, self.window - (self.sent - self.received))
+        if count <= 0:
+            return
+        stanza = self.prefix + str(time.perf_counter_ns()).encode() + self.suffix
+        chunks = []
+        for _ in range(count):
+            chunks.append(stanza)
+            self.since_request += 1
+            if self.since_request == self.every:
+                chunks.append(SM_REQUEST)
+                self.since_request = 0
+        self.sender.send(b"".join(chunks))
+        self.sent += count
+
+
+class AckingSink:
+    """A raw sink that counts the stanzas received and answers the server's <r/> (XEP-0198).
+
+    Reads are cut after their last '>', so no tag is ever split between two scans.
+    """
+
+    def __init__(self, conn: Conn, inner: Callable[[bytes], None]) -> None:
+        self.conn = conn
+        self.inner = inner
+        self.handled = 0
+        self.carry = b""
+
+    def __call__(self, data: bytes) -> None:
+        self.inner(data)
+        data = self.carry + data
+        cut = data.rfind(b">") + 1
+        scan, self.carry = data[:cut], data[cut:]
+        self.handled += (
+            scan.count(b"</message>")
+            + scan.count(b"</presence>")
+            + scan.count(b"</iq>")
+            + len(_EMPTY_STANZA.findall(scan))
+        )
+        if _SM_REQUEST.search(scan):
+            h = self.handled % 2**32
+            self.conn.send(f"<a xmlns='urn:xmpp:sm:3' h='{h}'/>".encode())
+
+
 class Broadcaster(Windowed):
     """The fan-out user: stamped presence changes, at most C{window} not yet fully delivered."""
 
@@ -431,18 +489,32 @@ async def scenario_login(ctx: Context) -> list[dict]:
     return records
 
 
-async def scenario_messages(ctx: Context, name: str = "messages") -> dict:
-    """Pairs online; each sender pipelines chats to its partner's bare JID."""
+async def scenario_messages(
+    ctx: Context, name: str = "messages", ack_every: int | None = None
+) -> dict:
+    """Pairs online; each sender pipelines chats to its partner's bare JID.
+
+    With C{ack_every}, both sides enable XEP-0198 stream management: senders
+    ask for an ack after every C{ack_every} chats, receivers answer the
+    server's requests.
+    """
     s = ctx.sizes
     users = ctx.users(2 * s.pairs)
     senders = await login_many(ctx, users[: s.pairs], s.login_concurrency)
     receivers = await login_many(ctx, users[s.pairs :], s.login_concurrency)
+    if ack_every is not None:
+        await together(conn.enable_sm() for conn in senders + receivers)
     pairs, counters = [], []
     for sender, receiver in zip(senders, receivers, strict=True):
-        sender.set_sink(discard)
-        pair = Pair(sender, receiver.jid.split("/")[0], s.message_window)
+        to = receiver.jid.split("/")[0]
+        if ack_every is None:
+            sender.set_sink(discard)
+            pair = Pair(sender, to, s.message_window)
+        else:
+            sender.set_sink(AckingSink(sender, discard))
+            pair = AckingPair(sender, to, s.message_window, ack_every)
         counter = StampCounter(b"</message>", b"<body>T", pair.delivered)
-        receiver.set_sink(counter)
+        receiver.set_sink(counter if ack_every is None else AckingSink(receiver, counter))
         pairs.append(pair)
         counters.append(counter)
     meter = Meter(ctx.server_pid)
@@ -462,6 +534,68 @@ async def scenario_messages(ctx: Context, name: str = "messages") -> dict:
         loss=max(0, sent - flow.delivered),
         duplicates=max(0, flow.delivered - sent),
     )
+
+
+async def scenario_sm(ctx: Context) -> list[dict]:
+    """Stream management: its cost on messages, and resuming against logging in again.
+
+    The messages scenario twice on the same server, without and with SM (an
+    <r/> every 5 chats); then C{login_clients} fresh logins that enable SM
+    (login, bind, initial presence, <enable/>), their connections aborted, and
+    as many resumptions (connect, SASL, <resume/>), C{login_concurrency} at a time.
+    """
+    records = [
+        await scenario_messages(ctx, "sm-off-messages"),
+        await scenario_messages(ctx, "sm-messages", ack_every=5),
+    ]
+    s = ctx.sizes
+    users = ctx.users(s.login_clients)
+    target, mechanism = ctx.target, ctx.mechanism
+    meter = Meter(ctx.server_pid)
+    sessions: list[tuple[str, str]] = []
+    conns: list[Conn] = []
+
+    async def timed(work: Callable[[str], Awaitable[object]], items: list, out: list[int]):
+        pending = iter(items)
+
+        async def worker() -> None:
+            for item in pending:
+                started = time.perf_counter_ns()
+                await work(item)
+                out.append(time.perf_counter_ns() - started)
+
+        await together(worker() for _ in range(s.login_concurrency))
+
+    async def fresh(user: str) -> None:
+        conn = await login(target, user, mechanism)
+        sessions.append((user, await conn.enable_sm()))
+        conns.append(conn)
+
+    async def resume(session: tuple[str, str]) -> None:
+        user, previd = session
+        conn = await connect(target)
+        await conn.open_stream(target.domain)
+        await conn.authenticate(user, target.password, mechanism)
+        await conn.open_stream(target.domain)
+        await conn.resume(previd)
+        conns.append(conn)
+
+    login_latencies: list[int] = []
+    meter.start()
+    await timed(fresh, users, login_latencies)
+    m = meter.stop()
+    records.append(report(ctx, "sm-login", len(users), "logins/s", m, login_latencies))
+    for conn in conns:
+        conn.transport.abort()  # the network is gone: the sessions wait for resumption
+    conns.clear()
+    await asyncio.sleep(1.0)
+    resume_latencies: list[int] = []
+    meter.start()
+    await timed(resume, sessions, resume_latencies)
+    m = meter.stop()
+    records.append(report(ctx, "sm-resume", len(sessions), "resumes/s", m, resume_latencies))
+    await close_all(conns)
+    return records
 
 
 async def ensure_subscriptions(ctx: Context, hub_user: str, contacts: list[str]) -> int:
@@ -865,6 +999,7 @@ async def run(args: argparse.Namespace) -> int:
         "idle": lambda: _idle_then_close(ctx),
         "roster": lambda: scenario_roster(ctx),
         "churn": lambda: scenario_churn(ctx),
+        "sm": lambda: scenario_sm(ctx),
     }
     if args.scram_cache:
         load_scram_cache(args.scram_cache)

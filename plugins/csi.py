@@ -126,8 +126,9 @@ class ClientStateIndication:
         #: How many senders' presence and chat states are held before a flush.
         self.max_held = server.options(self.name).positive_int("max_held", 100)
         server.add_stream_feature("bound", lambda stream: domish.Element((NS_CSI, "csi")))
-        server.dispatcher.on(("stream", NS_CSI, "inactive"), self.inactive)
-        server.dispatcher.on(("stream", NS_CSI, "active"), self.active)
+        for kind in ("stream", "inline"):  # inline: in a Bind2 request (XEP-0386)
+            server.dispatcher.on((kind, NS_CSI, "inactive"), self.inactive)
+            server.dispatcher.on((kind, NS_CSI, "active"), self.active)
 
     def inactive(self, event) -> bool:
         pairs = list(_chain(event.origin))

@@ -239,6 +239,8 @@ class StreamManagement:
         dispatcher.on(("stream", NS_SM, "resume"), self.resume_too_late)
         dispatcher.on(("negotiate", NS_SM, "resume"), self.resume)
         dispatcher.on(("negotiate", NS_SM, "enable"), self.enable_too_early)
+        dispatcher.on(("inline", NS_SM, "enable"), self.enable_inline)
+        dispatcher.on(("inline", NS_SM, "resume"), self.resume_inline)
         dispatcher.hook("pre-session-ended", self.stream_gone)
         dispatcher.hook("session-ended", self.session_ended)
         dispatcher.hook("server-stopping", self.stopping)
@@ -247,23 +249,30 @@ class StreamManagement:
 
     def enable(self, event) -> bool:
         session = event.origin
+        _send(session.stream, self._enable(session, event.stanza))
+        return True
+
+    def enable_inline(self, event) -> bool:
+        """<enable/> inside a Bind2 request (XEP-0386): the answer goes in <bound/>."""
+        event.result = self._enable(event.origin, event.stanza)
+        return True
+
+    def _enable(self, session, enable: domish.Element) -> domish.Element:
+        """Start managing C{session}'s stream; the <enabled/> (or <failed/>) to answer with."""
         if "sm" in session.extra:
-            _send(session.stream, _failed("unexpected-request"))
-            return True
-        transport = session.stream
-        acked = AckedStream(self, session, transport)
+            return _failed("unexpected-request")
+        acked = AckedStream(self, session, session.stream)
         session.extra["sm"] = acked
         session.stream = acked
         enabled = _element("enabled")
-        if event.stanza.getAttribute("resume") in ("true", "1"):
+        if enable.getAttribute("resume") in ("true", "1"):
             acked.token = secrets.token_urlsafe(18)
-            acked.max = self._max(event.stanza)
+            acked.max = self._max(enable)
             self.resumable[acked.token] = acked
             enabled["id"] = acked.token
             enabled["resume"] = "true"
             enabled["max"] = str(acked.max)
-        _send(transport, enabled)
-        return True
+        return enabled
 
     def _max(self, enable: domish.Element) -> int:
         """The client's preferred resumption time, within ours."""
@@ -313,18 +322,46 @@ class StreamManagement:
     # -- resumption ----------------------------------------------------------
 
     def resume(self, event) -> bool:
-        stream, element = event.stream, event.stanza
+        stream = event.stream
         if stream.authenticator.username is None:
             stream.fail("not-authorized", "authenticate first")
             return True
+        answer, acked = self._resume(stream, event.stanza, event.sender.userhost())
+        _send(stream, answer)
+        if acked is not None:
+            acked.attach(stream)
+        return True
+
+    def resume_inline(self, event) -> bool:
+        """<resume/> inside a SASL2 <authenticate/> (XEP-0388): the answer goes in <success/>.
+
+        The unacknowledged stanzas are re-sent on the next turn, after the
+        <success/> that carries the <resumed/>.
+        """
+        answer, acked = self._resume(event.stream, event.stanza, event.sender.userhost())
+        event.result = answer
+        if acked is not None:
+            reactor.callLater(0, self._attach_later, acked, event.stream)
+        return True
+
+    @staticmethod
+    def _attach_later(acked: AckedStream, stream) -> None:
+        if not acked.ended and stream.session is acked.session:
+            acked.attach(stream)
+
+    def _resume(self, stream, element: domish.Element, bare: str):
+        """Take a waiting (or still connected) session onto C{stream}.
+
+        Returns the answer, <resumed/> or <failed/>, and the session's
+        L{AckedStream} when it is to be attached to C{stream}. The session is
+        the stream's from now on; it queues until attached.
+        """
         acked = self.resumable.get(element.getAttribute("previd", ""))
-        if acked is None or acked.session.bare != event.sender.userhost():
-            _send(stream, _failed("item-not-found"))
-            return True
+        if acked is None or acked.session.bare != bare:
+            return _failed("item-not-found"), None
         h = _counter(element)
         if h is None:
-            _send(stream, _failed("bad-request", acked.handled))
-            return True
+            return _failed("bad-request", acked.handled), None
         old = _transport(acked.inner) if acked.inner is not None else None
         if old is not None:
             old.session = None  # the old stream closes without ending the session
@@ -334,15 +371,15 @@ class StreamManagement:
             too_high = failed.addElement((NS_SM, "handled-count-too-high"))
             too_high["h"] = str(h)
             too_high["send-count"] = str(acked.sent)
-            _send(stream, failed)
             self.end(acked)  # the client's state cannot be trusted: re-route what it lacks
-            return True
+            return failed, None
+        acked.detach()
+        if acked.timer is not None and acked.timer.active():
+            acked.timer.cancel()
         session = acked.session
         stream.session = session
-        _send(stream, _element("resumed", h=str(acked.handled), previd=acked.token))
-        acked.attach(stream)
         log.info("{jid} resumed from {peer}", jid=session.full, peer=stream.peer_address)
-        return True
+        return _element("resumed", h=str(acked.handled), previd=acked.token), acked
 
     def stream_gone(self, session, reason: str) -> bool:
         """pre-session-ended: wait for a resumption, or end now and re-route what is unacked."""
