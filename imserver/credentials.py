@@ -61,3 +61,12 @@ def check_password(credentials: Credentials, password: str) -> bool:
     client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
     stored_key = hashlib.sha256(client_key).digest()
     return hmac.compare_digest(stored_key, keys.stored_key)
+
+
+@dataclass(frozen=True)
+class FastToken:
+    """A XEP-0484 FAST token as stored: its SHA-256 (hex), mechanism and expiry (epoch seconds)."""
+
+    token_hash: str
+    mechanism: str
+    expiry: int

@@ -154,6 +154,22 @@ class IPrivacyStore(Interface):
         """
 
 
+class IFastTokenStore(Interface):
+    """XEP-0484 FAST tokens per account and client, kept only as hashes.
+
+    Optional: a store without it means the sasl2 plugin offers no FAST.
+    """
+
+    def get_fast_tokens(user, host, client):
+        """Fire with the L{imserver.credentials.FastToken}s of one client of an account."""
+
+    def replace_fast_tokens(user, host, client, keep, add):
+        """In one transaction: drop the client's tokens whose hash is not in C{keep}, add C{add}.
+
+        C{add} is a L{imserver.credentials.FastToken} or None.
+        """
+
+
 class IStore(IUserStore, IRosterStore, IOfflineStore, IPrivacyStore):
     """One storage provider offering every store."""
 

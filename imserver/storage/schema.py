@@ -152,8 +152,26 @@ privacy_default = Table(
     Column("name", String(PART_LENGTH), nullable=False),
 )
 
+fast_tokens = Table(
+    "fast_tokens",
+    metadata,
+    *_owner(primary_key=False),
+    #: The client's SASL2 user-agent id: tokens are issued per client (XEP-0484).
+    Column("client", String(PART_LENGTH), nullable=False),
+    #: SHA-256 of the token, in hex: the token itself is never stored.
+    Column("token_hash", String(64), primary_key=True),
+    Column("mechanism", String(64), nullable=False),
+    #: Seconds since the epoch.
+    Column("expiry", Integer, nullable=False),
+    Index("ix_fast_tokens_client", "host", "username", "client"),
+)
+
+#: Tables that later steps create (the first step leaves them out).
+ADDED_LATER = (fast_tokens,)
+
 #: The tables every user's data lives in, children before parents, for deletion.
 USER_TABLES = (
+    fast_tokens,
     credentials,
     roster_items,
     roster_pending_in,
@@ -183,9 +201,8 @@ def _create_initial_tables(connection: Connection) -> None:
     step keeps producing the schema the later steps expect.
     """
     changed = {table.name for table in _version_1.tables.values()}
-    metadata.create_all(
-        connection, tables=[t for t in USER_TABLES if t.name not in changed], checkfirst=False
-    )
+    tables = [t for t in USER_TABLES if t.name not in changed and t not in ADDED_LATER]
+    metadata.create_all(connection, tables=tables, checkfirst=False)
     _version_1.create_all(connection, checkfirst=False)
 
 
@@ -215,10 +232,19 @@ def _keep_subscription_requests(connection: Connection) -> None:
         )
 
 
+def _create_fast_tokens(connection: Connection) -> None:
+    """Version 3: hashed XEP-0484 FAST tokens, per account and client."""
+    metadata.create_all(connection, tables=[fast_tokens], checkfirst=False)
+
+
 Migration = Callable[[Connection], None]
 
 #: Step N turns a version N-1 database into version N. Append, never edit.
-MIGRATIONS: list[Migration] = [_create_initial_tables, _keep_subscription_requests]
+MIGRATIONS: list[Migration] = [
+    _create_initial_tables,
+    _keep_subscription_requests,
+    _create_fast_tokens,
+]
 
 
 def current_version(connection: Connection) -> int:

@@ -34,14 +34,15 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from imserver.credentials import Credentials, ScramKeys
+from imserver.credentials import Credentials, FastToken, ScramKeys
 from imserver.errors import StoreError, UserExists, UserNotFound
-from imserver.interfaces import IStore
+from imserver.interfaces import IFastTokenStore, IStore
 from imserver.privacy import PrivacyItem, PrivacySettings
 from imserver.roster import Roster, RosterItem
 from imserver.storage import schema
 from imserver.storage.schema import (
     credentials,
+    fast_tokens,
     offline_messages,
     privacy_default,
     privacy_lists,
@@ -61,7 +62,7 @@ DELETE_CHUNK = 500
 _WRITE_OPTION = "imserver_write"
 
 
-@implementer(IStore)
+@implementer(IStore, IFastTokenStore)
 class SQLStore:
     """Every store of L{IStore} in one SQL database named by a SQLAlchemy URL."""
 
@@ -297,6 +298,43 @@ class SQLStore:
                 )
 
     # -- offline messages --------------------------------------------------------
+
+    # -- FAST tokens (XEP-0484) -----------------------------------------------------
+
+    def get_fast_tokens(self, user: str, host: str, client: str) -> Deferred[list[FastToken]]:
+        return self._run(self._get_fast_tokens, user, host, client)
+
+    def replace_fast_tokens(
+        self, user: str, host: str, client: str, keep: Sequence[str], add: FastToken | None
+    ) -> Deferred[None]:
+        return self._run(self._replace_fast_tokens, user, host, client, list(keep), add)
+
+    def _get_fast_tokens(self, user: str, host: str, client: str) -> list[FastToken]:
+        with self._db.connect() as conn:
+            rows = conn.execute(
+                select(fast_tokens).where(
+                    _owned(fast_tokens, user, host) & (fast_tokens.c.client == client)
+                )
+            ).all()
+        return [FastToken(row.token_hash, row.mechanism, row.expiry) for row in rows]
+
+    def _replace_fast_tokens(
+        self, user: str, host: str, client: str, keep: list[str], add: FastToken | None
+    ) -> None:
+        with _writing(self._db) as conn:
+            mine = _owned(fast_tokens, user, host) & (fast_tokens.c.client == client)
+            conn.execute(delete(fast_tokens).where(mine & fast_tokens.c.token_hash.not_in(keep)))
+            if add is not None:
+                conn.execute(
+                    fast_tokens.insert().values(
+                        host=host,
+                        username=user,
+                        client=client,
+                        token_hash=add.token_hash,
+                        mechanism=add.mechanism,
+                        expiry=add.expiry,
+                    )
+                )
 
     def store_offline(self, user: str, host: str, stanza_xml: str, limit: int) -> Deferred[bool]:
         return self._run(self._store_offline, user, host, stanza_xml, limit)
