@@ -102,6 +102,13 @@ class HeldStream:
         self.inner.fail(condition, text, app_condition=app_condition)
 
 
+def _inline_feature(stream) -> domish.Element:
+    """<inactive/> may come inside a Bind2 request (XEP-0386)."""
+    feature = domish.Element(("urn:xmpp:bind:0", "feature"))
+    feature["var"] = NS_CSI
+    return feature
+
+
 def _chain(session):
     """(parent, stream) pairs from the session's stream down to the transport."""
     parent, stream = None, session.stream
@@ -126,6 +133,7 @@ class ClientStateIndication:
         #: How many senders' presence and chat states are held before a flush.
         self.max_held = server.options(self.name).positive_int("max_held", 100)
         server.add_stream_feature("bound", lambda stream: domish.Element((NS_CSI, "csi")))
+        server.add_stream_feature("bind2", _inline_feature)
         for kind in ("stream", "inline"):  # inline: in a Bind2 request (XEP-0386)
             server.dispatcher.on((kind, NS_CSI, "inactive"), self.inactive)
             server.dispatcher.on((kind, NS_CSI, "active"), self.active)

@@ -64,6 +64,13 @@ def _failed(condition: str, h: int | None = None) -> domish.Element:
     return failed
 
 
+def _inline_feature(namespace: str) -> domish.Element:
+    """A Bind2 inline feature (XEP-0386): the client may put this request in its <bind/>."""
+    feature = domish.Element(("urn:xmpp:bind:0", "feature"))
+    feature["var"] = namespace
+    return feature
+
+
 def _send(stream, element: domish.Element) -> None:
     """Send a stream management element on a transport, outside the stanza count."""
     stream.send_bytes(element.toXml().encode("utf-8"))
@@ -232,6 +239,8 @@ class StreamManagement:
         #: Re-deliveries still being stored (shutdown waits for them).
         self.pending: set[defer.Deferred] = set()
         server.add_stream_feature("bound", lambda stream: _element("sm"))
+        server.add_stream_feature("sasl2", lambda stream: _element("sm"))  # <resume/> inline
+        server.add_stream_feature("bind2", lambda stream: _inline_feature(NS_SM))
         dispatcher = server.dispatcher
         dispatcher.on(("stream", NS_SM, "enable"), self.enable)
         dispatcher.on(("stream", NS_SM, "r"), self.answer_request)

@@ -55,7 +55,7 @@ def offered_mechanisms(secure: bool, plain_allowed: bool) -> list[str]:
     return names
 
 
-def _prep_username(raw: str) -> str:
+def prep_username(raw: str) -> str:
     try:
         username = nodeprep.prepare(raw)
     except UnicodeError:
@@ -84,7 +84,7 @@ class Plain:
             authzid, authcid, password = data.decode("utf-8").split("\0")
         except (UnicodeDecodeError, ValueError):
             raise SASLFailure("malformed-request") from None
-        username = _prep_username(authcid)
+        username = prep_username(authcid)
         _check_authzid(authzid, username, self.host)
         credentials = yield self.lookup(username)
         if credentials is None or not check_password(credentials, password):
@@ -121,7 +121,7 @@ class Scram:
         except UnicodeDecodeError:
             raise SASLFailure("malformed-request") from None
         authzid, username = _scram_names(client_first)
-        self.username = _prep_username(username)
+        self.username = prep_username(username)
         _check_authzid(authzid, self.username, self.host)
         credentials = yield self.lookup(self.username)
         if credentials is None:
