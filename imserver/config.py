@@ -31,6 +31,8 @@ DEFAULT_PLUGINS = (
     "blocking",
     "sm",
     "csi",
+    "sasl2",
+    "bind2",
 )
 
 
