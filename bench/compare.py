@@ -38,7 +38,7 @@ import procstat  # noqa: E402
 
 PYTHON = ROOT / ".venv" / "bin" / "python"
 LOADGEN = BENCH / "xmppload.py"
-SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn", "sm")
+SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn", "sm", "fast")
 DOMAIN = "localhost"
 FD_LIMIT = 65536
 SERVER_CPU, GENERATOR_CPU = "0", "1"
@@ -74,6 +74,7 @@ FIGURES = (
     ("churn", "cpu_ratio_after_before", "churn CPU after/before", "ratio", False),
     ("churn", "retained_kib_per_session", "RSS kept after churn", "KiB/session", False),
     ("sm-off-messages", "rate", "messages without SM (same run)", "msgs/s", True),
+    ("sm-off-messages", "server_cpu_per_1000", "messages without SM CPU", "s/1000", False),
     ("sm-messages", "rate", "messages with SM, <r/> every 5", "msgs/s", True),
     ("sm-messages", "p99_ms", "message latency with SM p99", "ms", False),
     ("sm-messages", "loss", "messages lost with SM", "msgs", False),
@@ -83,6 +84,13 @@ FIGURES = (
     ("sm-resume", "rate", "SM resumption", "resumes/s", True),
     ("sm-resume", "p50_ms", "SM resumption p50", "ms", False),
     ("sm-resume", "server_cpu_per_1000", "SM resumption CPU", "s/1000", False),
+    ("sm-login", "server_cpu_per_1000", "fresh login + SM enable CPU", "s/1000", False),
+    ("reconnect-scram", "rate", "reconnect SASL1 SCRAM-SHA-1 + bind", "logins/s", True),
+    ("reconnect-scram", "p50_ms", "reconnect SASL1 SCRAM p50", "ms", False),
+    ("reconnect-scram", "server_cpu_per_1000", "reconnect SASL1 SCRAM CPU", "s/1000", False),
+    ("reconnect-fast", "rate", "reconnect SASL2 FAST + Bind2", "logins/s", True),
+    ("reconnect-fast", "p50_ms", "reconnect SASL2 FAST p50", "ms", False),
+    ("reconnect-fast", "server_cpu_per_1000", "reconnect SASL2 FAST CPU", "s/1000", False),
 )
 
 IMSERVER_CONFIG = """\
@@ -91,7 +99,7 @@ IMSERVER_CONFIG = """\
 hosts = ["{domain}"]
 data_dir = "{data}"
 plugins = ["sessions", "disco", "ping", "version", "register",
-           "roster", "presence", "subscriptions", "offline", "sm"]
+           "roster", "presence", "subscriptions", "offline", "sm", "sasl2", "bind2"]
 allow_registration = true
 
 [storage]

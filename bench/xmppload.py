@@ -42,9 +42,10 @@ from xmppclient import (  # noqa: E402
     login,
     register,
     save_scram_cache,
+    text_of,
 )
 
-SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn", "sm")
+SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn", "sm", "fast")
 
 
 @dataclass(frozen=True)
@@ -598,6 +599,82 @@ async def scenario_sm(ctx: Context) -> list[dict]:
     return records
 
 
+_FAST_TOKEN = re.compile(rb"<token\b[^>]*\stoken=(['\"])(.*?)\1")
+BIND2 = b"<bind xmlns='urn:xmpp:bind:0'><tag>bench</tag></bind>"
+
+
+async def scenario_fast(ctx: Context) -> list[dict]:
+    """Reconnects: SASL1 SCRAM-SHA-1 then bind, against SASL2 with a FAST token and Bind2.
+
+    Both end with initial presence reflected. Each user first gets a token (a
+    SASL2 SCRAM login with <request-token/>). A server without SASL2 FAST
+    (Prosody 0.12) gets only the SCRAM record.
+    """
+    s = ctx.sizes
+    users = ctx.users(s.login_clients)
+    target = ctx.target
+    meter = Meter(ctx.server_pid)
+    probe = await connect(target)
+    features = await probe.open_stream(target.domain)
+    probe.close()
+    await close_all(await login_many(ctx, users[:10], 5, "SCRAM-SHA-1"))  # warm-up
+    latencies: list[int] = []
+    meter.start()
+    conns = await login_many(ctx, users, s.login_concurrency, "SCRAM-SHA-1", latencies)
+    m = meter.stop()
+    await close_all(conns)
+    records = [report(ctx, "reconnect-scram", len(users), "logins/s", m, latencies)]
+    if b"urn:xmpp:fast:0" not in features:
+        print(f"# {ctx.label} offers no SASL2 FAST: no FAST record", flush=True)
+        return records
+
+    tokens: dict[str, str] = {}
+    request = b"<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>"
+
+    async def get_token(user: str) -> None:
+        conn = await connect(target)
+        await conn.open_stream(target.domain)
+        agent = f"<user-agent id='bench-{user}'/>".encode()
+        success = await conn.authenticate(user, target.password, "SCRAM-SHA-1", agent + request)
+        match = _FAST_TOKEN.search(success)
+        if match is None:
+            raise XMPPError(f"no FAST token: {success[:300]!r}")
+        tokens[user] = match.group(2).decode()
+        conn.close()
+
+    async def fast_login(user: str) -> None:
+        conn = await connect(target)
+        await conn.open_stream(target.domain)
+        success = await conn.fast(user, tokens[user], f"bench-{user}", BIND2)
+        conn.jid = text_of(success, b"authorization-identifier") or ""
+        await conn.initial_presence()
+        conns.append(conn)
+
+    pending = iter(users)
+
+    async def fetch() -> None:
+        for user in pending:
+            await get_token(user)
+
+    await together(fetch() for _ in range(s.login_concurrency))
+    conns = []
+    latencies = []
+    work = iter(users)
+
+    async def worker() -> None:
+        for user in work:
+            started = time.perf_counter_ns()
+            await fast_login(user)
+            latencies.append(time.perf_counter_ns() - started)
+
+    meter.start()
+    await together(worker() for _ in range(s.login_concurrency))
+    m = meter.stop()
+    await close_all(conns)
+    records.append(report(ctx, "reconnect-fast", len(users), "logins/s", m, latencies))
+    return records
+
+
 async def ensure_subscriptions(ctx: Context, hub_user: str, contacts: list[str]) -> int:
     """Make hub and contacts mutually subscribed through the protocol; return how many were new."""
     hub = await login(ctx.target, hub_user, ctx.mechanism, presence=False)
@@ -1000,6 +1077,7 @@ async def run(args: argparse.Namespace) -> int:
         "roster": lambda: scenario_roster(ctx),
         "churn": lambda: scenario_churn(ctx),
         "sm": lambda: scenario_sm(ctx),
+        "fast": lambda: scenario_fast(ctx),
     }
     if args.scram_cache:
         load_scram_cache(args.scram_cache)

@@ -88,8 +88,9 @@ class FastMechanism:
         self.store = store
         self.host = host
         self.client = client
-        #: The token the client proved it holds.
+        #: The token the client proved it holds, and all of this client's tokens.
         self.used: FastToken | None = None
+        self.tokens: list[FastToken] = []
 
     @defer.inlineCallbacks
     def start(self, data: bytes | None):
@@ -102,7 +103,7 @@ class FastMechanism:
             raise sasl.SASLFailure("malformed-request") from None
         if self.client is None:
             raise sasl.SASLFailure("not-authorized", "FAST needs a <user-agent id/>")
-        tokens = yield self.store.get_fast_tokens(username, self.host, self.client)
+        tokens = self.tokens = yield self.store.get_fast_tokens(username, self.host, self.client)
         for token in tokens:
             key = bytes.fromhex(token.token_hash)
             if token.mechanism != self.name:
@@ -309,9 +310,9 @@ class SASL2:
         if wanted is None and (not keep or not due):
             # Tokens older than the one used are void; newer ones stay (XEP-0484 §3.5).
             if keep:
-                tokens = yield store.get_fast_tokens(user, host, client)
-                keep += [t.token_hash for t in tokens if t.expiry > used.expiry]
-            yield store.replace_fast_tokens(user, host, client, keep, None)
+                keep += [t.token_hash for t in fast.tokens if t.expiry > used.expiry]
+            if len(keep) < len(fast.tokens):  # most logins: nothing to write
+                yield store.replace_fast_tokens(user, host, client, keep, None)
             return None
         token, stored = self._new_token(wanted or used.mechanism)
         # The used token stays valid until the new one is used; unused others go.
