@@ -145,8 +145,39 @@ privacy_default = Table(
     Column("name", String(PART_LENGTH), nullable=False),
 )
 
-#: The tables every user's data lives in, children before parents, for deletion.
-USER_TABLES = (
+pep_nodes = Table(
+    "pep_nodes",
+    metadata,
+    *_owner(),
+    Column("node", String(PART_LENGTH), primary_key=True),
+    #: The node configuration as JSON {field var: wire value}.
+    Column("config_json", Text, nullable=False),
+)
+
+pep_items = Table(
+    "pep_items",
+    metadata,
+    #: Increases with every insert: a node's items in publish order.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    *_owner(primary_key=False),
+    Column("node", String(PART_LENGTH), nullable=False),
+    Column("item_id", String(PART_LENGTH), nullable=False),
+    Column("payload", Text, nullable=False),
+    Index("ix_pep_items_owner", "host", "username", "node", "seq"),
+    sqlite_autoincrement=True,
+)
+
+#: XEP-0049 private XML and the XEP-0054 vCard: one XML document per (owner, key).
+documents = Table(
+    "documents",
+    metadata,
+    *_owner(),
+    Column("key", String(BARE_JID_LENGTH), primary_key=True),
+    Column("xml", Text, nullable=False),
+)
+
+#: The tables of schema version 1, children before parents.
+_VERSION_1_TABLES = (
     credentials,
     roster_items,
     roster_pending_in,
@@ -156,6 +187,11 @@ USER_TABLES = (
     privacy_default,
     users,
 )
+#: Version 2: PEP and per-account documents.
+_PERSONAL_TABLES = (pep_nodes, pep_items, documents)
+
+#: The tables every user's data lives in, children before parents, for deletion.
+USER_TABLES = _PERSONAL_TABLES + _VERSION_1_TABLES
 
 
 def _create_initial_tables(connection: Connection) -> None:
@@ -165,13 +201,18 @@ def _create_initial_tables(connection: Connection) -> None:
     alters one of them, give this step its own copy of the version-1 definition
     first, so that it keeps producing the version-1 schema the later step expects.
     """
-    metadata.create_all(connection, tables=list(USER_TABLES), checkfirst=False)
+    metadata.create_all(connection, tables=list(_VERSION_1_TABLES), checkfirst=False)
+
+
+def _create_personal_tables(connection: Connection) -> None:
+    """Version 2: PEP nodes and items, private XML and vCards."""
+    metadata.create_all(connection, tables=list(_PERSONAL_TABLES), checkfirst=False)
 
 
 Migration = Callable[[Connection], None]
 
 #: Step N turns a version N-1 database into version N. Append, never edit.
-MIGRATIONS: list[Migration] = [_create_initial_tables]
+MIGRATIONS: list[Migration] = [_create_initial_tables, _create_personal_tables]
 
 
 def current_version(connection: Connection) -> int:
