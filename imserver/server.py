@@ -54,6 +54,13 @@ class Server:
         #: Open connections per address, for the caps checked at accept.
         self.connections = ConnectionTally()
         self.disco_features: set[str] = set()
+        #: What disco#info on a user's bare JID shows (XEP-0163 §6.1): plugins add to these.
+        self.account_features: set[str] = set()
+        self.account_identities: set[tuple[str, str, str | None]] = set()
+        #: disco#info nodes the server answers with its own info (its XEP-0115 node#ver).
+        self.host_info_nodes: set[str] = set()
+        #: The PEP engine (L{imserver.pep.PepEngine}) when the pep plugin is loaded.
+        self.pep = None
         self.stream_features: dict[str, list[FeatureFactory]] = {"preauth": [], "bound": []}
         self.ready: defer.Deferred = defer.Deferred()
         for iq_type in ("get", "set", "result", "error"):

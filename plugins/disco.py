@@ -1,7 +1,9 @@
 """XEP-0030 Service Discovery for the server and for the user's own account.
 
 The server's features are those the loaded plugins declare; the answer is
-built once, on the first query, when every plugin has attached.
+built once, on the first query, when every plugin has attached. An account's
+disco#info shows what plugins put in C{server.account_features} and
+C{server.account_identities} (PEP's pubsub/pep identity among them).
 """
 
 from twisted.plugin import IPlugin
@@ -21,27 +23,42 @@ class Disco:
     def attach(self, server) -> None:
         self.server = server
         self._server_info = None
+        server.host_info = self.host_info
         dispatcher = server.dispatcher
         dispatcher.on(("iq", "get", NS_DISCO_INFO, "host"), self.server_info)
-        dispatcher.on(("iq", "get", NS_DISCO_INFO, "self"), self.account_info)
+        dispatcher.on(("iq", "get", NS_DISCO_INFO, "self"), self.account_info, priority=-10)
         for target in ("host", "self"):
-            dispatcher.on(("iq", "get", NS_DISCO_ITEMS, target), self.items)
+            dispatcher.on(("iq", "get", NS_DISCO_ITEMS, target), self.items, priority=-10)
 
-    def server_info(self, event) -> bool:
-        _no_node(event)
+    def host_info(self) -> domish.Element:
+        """The server's disco#info <query/> (built once, after every plugin attached)."""
         if self._server_info is None:
             info = DiscoInfo()
             info.append(DiscoIdentity("server", "im", "imserver"))
             for namespace in sorted(self.server.disco_features):
                 info.append(DiscoFeature(namespace))
             self._server_info = info.toElement()
-        return event.answer(self._server_info)
+        return self._server_info
+
+    def server_info(self, event) -> bool:
+        node = event.stanza.firstChildElement().getAttribute("node")
+        if not node:
+            return event.answer(self.host_info())
+        if node not in self.server.host_info_nodes:
+            raise StanzaError("item-not-found")
+        query = domish.Element((NS_DISCO_INFO, "query"))
+        query["node"] = node
+        query.children = self.host_info().children
+        return event.answer(query)
 
     def account_info(self, event) -> bool:
         _no_node(event)
         info = DiscoInfo()
         info.append(DiscoIdentity("account", "registered"))
-        info.append(DiscoFeature(NS_DISCO_INFO))
+        for category, type_, name in sorted(self.server.account_identities, key=str):
+            info.append(DiscoIdentity(category, type_, name))
+        for namespace in sorted({NS_DISCO_INFO, *self.server.account_features}):
+            info.append(DiscoFeature(namespace))
         return event.answer(info.toElement())
 
     def items(self, event) -> bool:
