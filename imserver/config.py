@@ -30,6 +30,10 @@ DEFAULT_PLUGINS = (
     "offline",
     "privacy",
     "blocking",
+    "caps",
+    "pep",
+    "vcard",
+    "private",
 )
 
 
