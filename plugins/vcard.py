@@ -99,10 +99,13 @@ class VCard:
                 )
         owner = event.to.userhostJID()
         yield self.store.put_document(owner.user, owner.host, DOCUMENT, xml)
-        event.answer()
         if self.server.pep is not None:
-            yield self._to_pep(owner, photo[0] if photo else None, image)
-        return True
+            try:
+                yield self._to_pep(owner, photo[0] if photo else None, image)
+            except StanzaError as e:
+                # The vCard is stored; only its PEP copy failed (a full PEP quota, say).
+                log.info("vCard avatar of {jid} not published: {e}", jid=owner.full(), e=e)
+        return event.answer()
 
     # -- vCard PHOTO -> XEP-0084 ----------------------------------------------------------
 
