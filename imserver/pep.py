@@ -289,7 +289,7 @@ class PepEngine:
         serialized = domish.SerializedXML(stanza_bytes(event, default_ns="").decode("utf-8"))
         owner_bare = owner.userhost()
         sender = parse_jid(owner_bare)
-        deliver = self.server.dispatcher.deliver
+        route = self.server.dispatcher.route
         for session in sessions:
             message = domish.Element((None, "message"))
             message["from"] = owner_bare
@@ -297,7 +297,7 @@ class PepEngine:
             message["type"] = "headline"
             message["id"] = secrets.token_hex(6)
             message.children.append(serialized)
-            deliver(message, sender, session.jid)
+            route(message, sender, session.jid)
 
 
 def _interests(session) -> frozenset[str]:

@@ -51,9 +51,9 @@ class Caps:
         self.asking: dict[str, str] = {}
         self._feature: domish.Element | None = None
         self.dispatcher.on(("out", "presence", "available"), self.presence, priority=100)
+        # An error without the query echoed (no namespace) leaves the query to time out.
         for type_ in ("result", "error"):
-            for ns in (NS_DISCO_INFO, None):
-                self.dispatcher.on(("iq", type_, ns, "host"), self.answer)
+            self.dispatcher.on(("iq", type_, NS_DISCO_INFO, "host"), self.answer)
         for stage in ("preauth", "bound"):
             server.add_stream_feature(stage, self.stream_feature)
 

@@ -65,12 +65,14 @@ class PEP:
         options = server.options("pep")
         defaults = Limits()
         limits = Limits(
-            max_nodes=int(options.get("max_nodes", defaults.max_nodes)),
-            max_items=int(options.get("max_items", defaults.max_items)),
-            max_bytes=int(options.get("max_bytes", defaults.max_bytes)),
-            max_item_bytes=int(options.get("max_item_bytes", defaults.max_item_bytes)),
+            max_nodes=options.positive_int("max_nodes", defaults.max_nodes),
+            max_items=options.positive_int("max_items", defaults.max_items),
+            max_bytes=options.positive_int("max_bytes", defaults.max_bytes),
+            max_item_bytes=options.positive_int("max_item_bytes", defaults.max_item_bytes),
         )
-        self.engine = server.pep = PepEngine(server, limits, int(options.get("cache_size", 10000)))
+        self.engine = server.pep = PepEngine(
+            server, limits, options.positive_int("cache_size", 10000)
+        )
         server.account_identities.add(("pubsub", "pep", None))
         server.account_features.update((NS_PUBSUB, *PUBSUB_FEATURES))
         on = server.dispatcher.on

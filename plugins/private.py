@@ -42,7 +42,7 @@ class Private:
     def attach(self, server) -> None:
         self.server = server
         self.store = server.store
-        self.max_bytes = int(server.options("private").get("max_bytes", 64 * 1024))
+        self.max_bytes = server.options("private").positive_int("max_bytes", 64 * 1024)
         on = server.dispatcher.on
         on(("iq", "get", NS_PRIVATE, "self"), self.get)
         on(("iq", "set", NS_PRIVATE, "self"), self.set)

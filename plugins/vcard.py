@@ -51,8 +51,8 @@ class VCard:
         self.server = server
         self.store = server.store
         options = server.options("vcard")
-        self.max_bytes = int(options.get("max_bytes", 128 * 1024))
-        self.max_avatar_bytes = int(options.get("max_avatar_bytes", 96 * 1024))
+        self.max_bytes = options.positive_int("max_bytes", 128 * 1024)
+        self.max_avatar_bytes = options.positive_int("max_avatar_bytes", 96 * 1024)
         #: Bare JID -> current avatar sha1 ("" for none), for online accounts.
         self.hashes: dict[str, str] = {}
         on = server.dispatcher.on
