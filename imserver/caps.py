@@ -12,7 +12,7 @@ import base64
 import hashlib
 
 from twisted.words.xish import domish
-from tx_xmpp.data_form import NS_X_DATA, Form
+from tx_xmpp.data_form import NS_X_DATA
 from tx_xmpp.disco import NS_DISCO_INFO
 
 NS_CAPS = "http://jabber.org/protocol/caps"
@@ -72,21 +72,30 @@ def verification_string(query: domish.Element) -> str:
 
 
 def _form_string(element: domish.Element) -> tuple[str, str] | None:
-    """(FORM_TYPE, its part of S) for an extension form; None for a form without FORM_TYPE."""
-    form = Form.fromElement(element)
-    form_type = form.fields.get("FORM_TYPE")
+    """(FORM_TYPE, its part of S) for an extension form; None for a form without FORM_TYPE.
+
+    Read from the XML itself: the verification string needs the values exactly
+    as sent, and tx-xmpp's Form turns FORM_TYPE into an attribute and coerces values.
+    """
+    fields: dict[str, tuple[str | None, list[str]]] = {}
+    for field_ in element.elements(NS_X_DATA, "field"):
+        var = field_.getAttribute("var")
+        if var is None:
+            continue
+        values = [str(v) for v in field_.elements(NS_X_DATA, "value")]
+        fields[var] = (field_.getAttribute("type"), values)
+    form_type = fields.pop("FORM_TYPE", None)
     if form_type is None:
         return None  # §5.4 3.6: ignored
-    if form_type.fieldType != "hidden":
+    type_, values = form_type
+    if type_ != "hidden":
         raise InvalidCaps("FORM_TYPE is not hidden")
-    if len(form_type.values) != 1:
+    if len(values) != 1:
         raise InvalidCaps("FORM_TYPE must have one value")
-    name = str(form_type.raw_values[0])
-    text = name + "<"
-    for var in sorted(v for v in form.fields if v != "FORM_TYPE"):
-        text += var + "<"
-        text += "".join(str(v) + "<" for v in sorted(str(v) for v in form.fields[var].raw_values))
-    return name, text
+    text = values[0] + "<"
+    for var in sorted(fields):
+        text += var + "<" + "".join(v + "<" for v in sorted(fields[var][1]))
+    return values[0], text
 
 
 def ver(query: domish.Element, algorithm: str = "sha-1") -> str:
