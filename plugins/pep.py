@@ -25,6 +25,7 @@ from tx_xmpp.pubsub import NS_PUBSUB, NS_PUBSUB_OWNER, PubSubRequest, Unsupporte
 from zope.interface import implementer
 
 from imserver.interfaces import IFeature
+from imserver.jid import parse_jid
 from imserver.pep import PepEngine, new_item
 from imserver.pubsub import Limits, NodeConfig, pubsub_error
 
@@ -86,6 +87,11 @@ class PEP:
         on(("iq", "set", NS_PUBSUB_OWNER, "bare"), self.not_yours)
         on(("iq", "get", NS_DISCO_ITEMS, "self"), self.disco_items)
         server.dispatcher.hook("caps-known", self.engine.send_last_items)
+        server.dispatcher.hook("user-deleted", self.account_deleted)
+
+    def account_deleted(self, user: str, host: str, *_) -> None:
+        """The store dropped the account's nodes with it: drop the cached copy too."""
+        self.engine.forget(parse_jid(f"{user}@{host}"))
 
     # -- requests ----------------------------------------------------------------------
 

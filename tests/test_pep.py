@@ -277,3 +277,17 @@ def test_limits(make_server, make_client) -> None:
     assert error_of(publish(alice, "n1", medium, "2"))[0] == "resource-constraint"
     too_many = publish(alice, "n2", "<a xmlns='urn:x'/>", None, {"pubsub#max_items": "9"})
     assert error_of(too_many) == ("conflict", "precondition-not-met")
+
+
+def test_notifications_respect_blocking(make_client, accounts) -> None:
+    """Notifications travel the dispatcher like any message: a block stops them."""
+    alice, bob, _ = friends(make_client, accounts)
+    node = "urn:example:blocked"
+    announce_caps(bob, [*interested_in(node), "urn:example:blocking-test"])
+    blocked = bob.iq(
+        f"<iq type='set'><block xmlns='urn:xmpp:blocking'><item jid='{alice.bare}'/></block></iq>"
+    )
+    assert blocked.get("type") == "result", to_text(blocked)
+    settle(alice, bob)
+    assert publish(alice, node, "<b xmlns='urn:example'/>").get("type") == "result"
+    bob.assert_nothing(event_from(alice.bare, node))
