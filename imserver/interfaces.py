@@ -175,8 +175,9 @@ class IPersonalStore(Interface):
     def get_document(user, host, key):
         """Fire with the stored XML under C{key} (private storage, vCard) or None."""
 
-    def put_document(user, host, key, xml):
-        """Store C{xml} under C{key}; None deletes it."""
+    def put_document(user, host, key, xml, limit=None):
+        """Store C{xml} under C{key} (None deletes it); fire with False, storing nothing,
+        when that would be a new key beyond C{limit} documents of the account."""
 
 
 class IStore(IUserStore, IRosterStore, IOfflineStore, IPrivacyStore, IPersonalStore):

@@ -29,7 +29,7 @@ from twisted.words.xish import domish
 from tx_xmpp.data_form import Form
 from tx_xmpp.pubsub import NS_PUBSUB_EVENT
 
-from imserver import caps
+from imserver.caps import session_interests as interests
 from imserver.jid import JID, parse_jid
 from imserver.pubsub import (
     CONTACT,
@@ -237,7 +237,7 @@ class PepEngine:
     def notify(self, owner: JID, node: Node, change: domish.Element):
         """Tell everyone interested in C{node} about C{change} (an <items/>, <purge/>, ...)."""
         bare = owner.userhost()
-        recipients = [s for s in self.server.sessions.of(bare) if node.name in _interests(s)]
+        recipients = [s for s in self.server.sessions.of(bare) if node.name in interests(s)]
         if may_access(node.config.access_model, CONTACT):
             online = bool(self.server.sessions.of(bare))
             roster = yield self.server.rosters.get(owner.user, owner.host, keep=online)
@@ -246,7 +246,7 @@ class PepEngine:
                     recipients.extend(
                         s
                         for s in self.server.sessions.of(contact.jid)
-                        if s.available and node.name in _interests(s)
+                        if s.available and node.name in interests(s)
                     )
         if recipients:
             self._send_event(owner, change, recipients)
@@ -298,10 +298,6 @@ class PepEngine:
             message["id"] = secrets.token_hex(6)
             message.children.append(serialized)
             route(message, sender, session.jid)
-
-
-def _interests(session) -> frozenset[str]:
-    return caps.session_interests(session)
 
 
 def _named(uri: str, name: str, node: str) -> domish.Element:

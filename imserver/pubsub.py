@@ -240,6 +240,14 @@ class Node:
     def last(self) -> Item | None:
         return self.items[-1] if self.items else None
 
+    def select(self, ids: list[str] | None, max_items: int | None) -> list[Item]:
+        """Items by id (those that exist), or the C{max_items} newest; oldest first."""
+        if ids:
+            return [i for i in self.items if i.id in ids]
+        if max_items is not None:
+            return self.items[-max_items:] if max_items > 0 else []
+        return list(self.items)
+
 
 @dataclass
 class Published:
@@ -342,10 +350,4 @@ class Service:
         return node
 
     def items(self, name: str, ids: list[str] | None, max_items: int | None) -> list[Item]:
-        """Items by id (all that exist), or the C{max_items} newest, oldest first."""
-        node = self.node(name)
-        if ids:
-            return [i for i in node.items if i.id in ids]
-        if max_items is not None:
-            return node.items[-max_items:] if max_items > 0 else []
-        return list(node.items)
+        return self.node(name).select(ids, max_items)

@@ -148,13 +148,7 @@ class PEP:
         d = self.engine.readable(owner, event.sender, request.nodeIdentifier)
 
         def answer(node):
-            wanted = request.itemIdentifiers or None
-            if wanted:
-                chosen = [i for i in node.items if i.id in wanted]
-            elif request.maxItems is not None:
-                chosen = node.items[-request.maxItems :]
-            else:
-                chosen = node.items
+            chosen = node.select(request.itemIdentifiers, request.maxItems)
             pubsub = domish.Element((NS_PUBSUB, "pubsub"))
             items = pubsub.addElement("items")
             items["node"] = node.name

@@ -8,7 +8,8 @@ bookmarks are the same list (XEP-0411). Legacy <url/> bookmarks have no
 XEP-0402 form and are dropped, as XEP-0411 §4 allows.
 
 Config ([plugin.private]): max_bytes per stored element (default 64 KiB;
-larger is not-acceptable).
+larger is not-acceptable) and max_documents per account (default 100, counting
+the vCard; more is resource-constraint).
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ class Private:
     def attach(self, server) -> None:
         self.server = server
         self.store = server.store
-        self.max_bytes = server.options("private").positive_int("max_bytes", 64 * 1024)
+        options = server.options("private")
+        self.max_bytes = options.positive_int("max_bytes", 64 * 1024)
+        self.max_documents = options.positive_int("max_documents", 100)
         on = server.dispatcher.on
         on(("iq", "get", NS_PRIVATE, "self"), self.get)
         on(("iq", "set", NS_PRIVATE, "self"), self.set)
@@ -74,7 +77,13 @@ class Private:
         if element.uri == NS_BOOKMARKS_LEGACY and self.server.pep is not None:
             yield self._store_legacy_bookmarks(owner, element)
         else:
-            yield self.store.put_document(owner.user, owner.host, _key(element), xml)
+            stored = yield self.store.put_document(
+                owner.user, owner.host, _key(element), xml, self.max_documents
+            )
+            if not stored:
+                raise StanzaError(
+                    "resource-constraint", text=f"at most {self.max_documents} stored elements"
+                )
         return event.answer()
 
     # -- bookmarks (XEP-0411) -------------------------------------------------------------

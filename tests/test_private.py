@@ -104,3 +104,16 @@ def test_pep_bookmarks_seen_by_legacy_client(make_client, pool) -> None:
         ("coven@muc.example.net", "Coven", "true")
     ]
     assert conferences[0].findtext(clark(LEGACY, "nick")) == "w"
+
+
+def test_limits(make_server, make_client) -> None:
+    server = make_server(plugin={"private": {"max_bytes": 200, "max_documents": 2}})
+    alice = login(make_client, server.new_account(), target=server)
+    big = private_set(alice, "<big xmlns='urn:x'>" + "x" * 300 + "</big>")
+    assert error_of(big)[0] == "not-acceptable"
+    for name in ("a", "b"):
+        assert private_set(alice, f"<{name} xmlns='urn:x'/>").get("type") == "result"
+    assert error_of(private_set(alice, "<c xmlns='urn:x'/>"))[0] == "resource-constraint"
+    # Replacing a stored element is always possible.
+    assert private_set(alice, "<a xmlns='urn:x'>new</a>").get("type") == "result"
+    assert private_get(alice, "<a xmlns='urn:x'/>").text == "new"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, func, select
 from twisted.internet.defer import Deferred
 
 from imserver.storage.schema import documents, pep_items, pep_nodes
@@ -136,8 +136,10 @@ class PersonalStore:
     def get_document(self, user: str, host: str, key: str) -> Deferred[str | None]:
         return self._run(self._get_document, user, host, key)
 
-    def put_document(self, user: str, host: str, key: str, xml: str | None) -> Deferred[None]:
-        return self._run(self._put_document, user, host, key, xml)
+    def put_document(
+        self, user: str, host: str, key: str, xml: str | None, limit: int | None = None
+    ) -> Deferred[bool]:
+        return self._run(self._put_document, user, host, key, xml, limit)
 
     def _get_document(self, user: str, host: str, key: str) -> str | None:
         with self._db.connect() as conn:
@@ -145,13 +147,23 @@ class PersonalStore:
                 select(documents.c.xml).where(_owned(documents, user, host), documents.c.key == key)
             ).scalar_one_or_none()
 
-    def _put_document(self, user: str, host: str, key: str, xml: str | None) -> None:
+    def _put_document(
+        self, user: str, host: str, key: str, xml: str | None, limit: int | None
+    ) -> bool:
         with self._write() as conn:
-            conn.execute(
+            replaced = conn.execute(
                 delete(documents).where(_owned(documents, user, host), documents.c.key == key)
-            )
-            if xml is not None:
-                conn.execute(documents.insert().values(host=host, username=user, key=key, xml=xml))
+            ).rowcount
+            if xml is None:
+                return True
+            if limit is not None and not replaced:
+                count = conn.execute(
+                    select(func.count()).select_from(documents).where(_owned(documents, user, host))
+                ).scalar_one()
+                if count >= limit:
+                    return False
+            conn.execute(documents.insert().values(host=host, username=user, key=key, xml=xml))
+            return True
 
 
 def _owned(table, user: str, host: str):
