@@ -91,7 +91,7 @@ class Client(ClientXMPP):
 
     async def start(self, _event: Any) -> None:
         for namespace in self.interests:
-            self["xep_0163"].add_interest(namespace)
+            self.plugin["xep_0163"].add_interest(namespace)
         await self.get_roster()
         self.send_presence()
         self.ready.set()
@@ -151,7 +151,7 @@ async def scenario(target: Any, accounts: list[tuple[str, str]]) -> dict[str, An
         alice.send_presence(pto=bob_jid, ptype="subscribe")
         await until(lambda: alice.client_roster[bob_jid]["subscription"] == "both", "both ways")
 
-        info = await alice["xep_0030"].get_info(jid=alice_jid, timeout=STEP)
+        info = await alice.plugin["xep_0030"].get_info(jid=alice_jid, timeout=STEP)
         identities = {(i[0], i[1]) for i in info["disco_info"]["identities"]}
         features = info["disco_info"]["features"]
         seen["account disco: pubsub/pep identity"] = ("pubsub", "pep") in identities
@@ -160,34 +160,38 @@ async def scenario(target: Any, accounts: list[tuple[str, str]]) -> dict[str, An
         devices = ET.fromstring(
             "<list xmlns='eu.siacs.conversations.axolotl'><device id='7'/></list>"
         )
-        await alice["xep_0060"].publish(
+        await alice.plugin["xep_0060"].publish(
             alice_jid, DEVICES, id="current", payload=devices,
             options=publish_options(access_model="open"), timeout=STEP,
         )  # fmt: skip
-        got = await carol["xep_0060"].get_items(alice_jid, DEVICES, timeout=STEP)
+        got = await carol.plugin["xep_0060"].get_items(alice_jid, DEVICES, timeout=STEP)
         seen["omemo devicelist (open) read by a stranger"] = [
             i["id"] for i in got["pubsub"]["items"]
         ]
         seen["precondition clash"] = await condition_of(
-            alice["xep_0060"].publish(
+            alice.plugin["xep_0060"].publish(
                 alice_jid, DEVICES, id="current", payload=devices,
                 options=publish_options(access_model="whitelist"), timeout=STEP,
             )
         )  # fmt: skip
 
         status = ET.fromstring(f"<status xmlns='{STATUS}'>s1</status>")
-        await alice["xep_0060"].publish(alice_jid, STATUS, id="s1", payload=status, timeout=STEP)
-        seen["presence node read by a stranger"] = await condition_of(
-            carol["xep_0060"].get_items(alice_jid, STATUS, timeout=STEP)
+        await alice.plugin["xep_0060"].publish(
+            alice_jid, STATUS, id="s1", payload=status, timeout=STEP
         )
-        got = await bob["xep_0060"].get_items(alice_jid, STATUS, timeout=STEP)
+        seen["presence node read by a stranger"] = await condition_of(
+            carol.plugin["xep_0060"].get_items(alice_jid, STATUS, timeout=STEP)
+        )
+        got = await bob.plugin["xep_0060"].get_items(alice_jid, STATUS, timeout=STEP)
         seen["presence node read by a contact"] = len(got["pubsub"]["items"])
 
         # +notify: bob's caps carry STATUS+notify (slixmpp answers the server's query).
         while not bob.events.empty():
             bob.events.get_nowait()
         status = ET.fromstring(f"<status xmlns='{STATUS}'>s2</status>")
-        await alice["xep_0060"].publish(alice_jid, STATUS, id="s2", payload=status, timeout=STEP)
+        await alice.plugin["xep_0060"].publish(
+            alice_jid, STATUS, id="s2", payload=status, timeout=STEP
+        )
         note = await next_event(bob, STATUS)
         seen["+notify on publish"] = note["pubsub_event"]["items"]["item"]["id"]
         bob_again = await Client(bob_jid, bob_pw, interests=(STATUS,)).online(target)
@@ -196,36 +200,38 @@ async def scenario(target: Any, accounts: list[tuple[str, str]]) -> dict[str, An
         seen["+notify at login: last item"] = note["pubsub_event"]["items"]["item"]["id"]
 
         # XEP-0084 avatar published by a modern client, read from the vCard by an old one.
-        await alice["xep_0084"].publish_avatar(IMAGE, timeout=STEP)
+        await alice.plugin["xep_0084"].publish_avatar(IMAGE, timeout=STEP)
         sha1 = hashlib.sha1(IMAGE).hexdigest()
-        await alice["xep_0084"].publish_avatar_metadata(
+        await alice.plugin["xep_0084"].publish_avatar_metadata(
             [{"id": sha1, "type": "image/png", "bytes": len(IMAGE)}], timeout=STEP
         )
-        vcard = await bob["xep_0054"].get_vcard(alice_jid, cached=False, timeout=STEP)
+        vcard = await bob.plugin["xep_0054"].get_vcard(alice_jid, cached=False, timeout=STEP)
         seen["PEP avatar seen in the vCard"] = vcard["vcard_temp"]["PHOTO"]["BINVAL"] == IMAGE
 
         # An old client sets its avatar in the vCard (XEP-0153): PEP gets it.
-        await alice["xep_0153"].set_avatar(avatar=IMAGE2, mtype="image/png", timeout=STEP)
+        await alice.plugin["xep_0153"].set_avatar(avatar=IMAGE2, mtype="image/png", timeout=STEP)
         sha1 = hashlib.sha1(IMAGE2).hexdigest()
-        got = await bob["xep_0060"].get_items(alice_jid, "urn:xmpp:avatar:metadata", timeout=STEP)
+        got = await bob.plugin["xep_0060"].get_items(
+            alice_jid, "urn:xmpp:avatar:metadata", timeout=STEP
+        )
         seen["vCard avatar seen in PEP metadata"] = [i["id"] for i in got["pubsub"]["items"]] == [
             sha1
         ]
-        got = await bob["xep_0084"].retrieve_avatar(alice_jid, sha1, timeout=STEP)
+        got = await bob.plugin["xep_0084"].retrieve_avatar(alice_jid, sha1, timeout=STEP)
         data = got["pubsub"]["items"]["item"].xml.find("{urn:xmpp:avatar:data}data")
         seen["vCard avatar data in PEP"] = base64.b64decode(data.text or "") == IMAGE2
 
         # Bookmarks: legacy private storage <-> XEP-0402 PEP items.
         legacy = Bookmarks()
         legacy.add_conference("room@muc.example.net", "al", name="Room", autojoin=True)
-        await alice["xep_0048"].set_bookmarks(legacy, method="xep_0049", timeout=STEP)
-        got = await alice["xep_0060"].get_items(alice_jid, BOOKMARKS, timeout=STEP)
+        await alice.plugin["xep_0048"].set_bookmarks(legacy, method="xep_0049", timeout=STEP)
+        got = await alice.plugin["xep_0060"].get_items(alice_jid, BOOKMARKS, timeout=STEP)
         seen["legacy bookmarks seen in PEP"] = sorted(i["id"] for i in got["pubsub"]["items"])
         conference = Conference()
         conference["name"] = "Coven"
         conference["autojoin"] = True
         conference["nick"] = "w"
-        await alice["xep_0060"].publish(
+        await alice.plugin["xep_0060"].publish(
             alice_jid, BOOKMARKS, id="coven@muc.example.net", payload=conference,
             options=publish_options(
                 persist_items="true", max_items="max",
@@ -233,7 +239,7 @@ async def scenario(target: Any, accounts: list[tuple[str, str]]) -> dict[str, An
             ),
             timeout=STEP,
         )  # fmt: skip
-        got = await alice["xep_0048"].get_bookmarks(method="xep_0049", timeout=STEP)
+        got = await alice.plugin["xep_0048"].get_bookmarks(method="xep_0049", timeout=STEP)
         seen["PEP bookmarks seen by a legacy client"] = sorted(
             str(c["jid"]) for c in got["private"]["bookmarks"]["conferences"]
         )
