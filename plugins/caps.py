@@ -33,6 +33,10 @@ log = Logger()
 CACHE_SIZE = 10000
 #: Seconds a client has to answer the disco#info query.
 QUERY_TIMEOUT = 30.0
+#: Queries waiting for an answer, from all clients together.
+MAX_PENDING = 1000
+#: Key of Session.extra holding the id of the query a client has not answered yet.
+ASKED_KEY = "caps-query"
 
 
 @implementer(IPlugin, IFeature)
@@ -89,6 +93,10 @@ class Caps:
         if query_id is not None:
             self.pending[query_id][2].append(session)
             return False
+        if session.extra.get(ASKED_KEY) in self.pending or len(self.pending) >= MAX_PENDING:
+            # One open query per client (a client cycling vers cannot make us ask
+            # without end) and a bound on all of them; its next presence asks again.
+            return False
         self._query(session, f"{node}#{ver}", ver, algorithm)
         return False
 
@@ -102,6 +110,7 @@ class Caps:
         iq.addElement((NS_DISCO_INFO, "query"))["node"] = node
         self.pending[query_id] = (ver, algorithm, [session])
         self.asking[ver] = query_id
+        session.extra[ASKED_KEY] = query_id
         session.send(iq)
         reactor.callLater(QUERY_TIMEOUT, self._forget, query_id)
 

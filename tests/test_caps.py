@@ -154,3 +154,19 @@ def test_a_wrong_hash_is_not_cached(make_client, pool) -> None:
     # The next client announcing that ver is asked again: the lie was not cached.
     honest.send(announce + "</presence>")
     honest.expect(is_caps_query)
+
+
+def test_one_open_query_per_client(make_client, pool) -> None:
+    """A client cycling through vers without answering is asked once, not once per ver."""
+    user = login(make_client, pool.take(1)[0])
+    for n in range(3):
+        ver = caps_ver([f"urn:example:cycle-{n}"])
+        user.send(
+            f"<presence><c xmlns='{NS_CAPS}' hash='sha-1' node='{CLIENT_NODE}' ver='{ver}'/>"
+            "</presence>"
+        )
+    first = user.expect(is_caps_query)
+    user.assert_nothing(is_caps_query)
+    # Once it answers, its next new ver is asked about.
+    answer_caps_query(user, first, ["urn:example:cycle-0"])
+    announce_caps(user, ["urn:example:cycle-final"])
