@@ -23,7 +23,6 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 from tx_xmpp.data_form import Form
@@ -50,8 +49,6 @@ if TYPE_CHECKING:
     from imserver.server import Server
     from imserver.session import Session
 
-log = Logger()
-
 
 def payload_xml(payload: domish.Element) -> str:
     """How an item's payload is stored (and counted against the byte quota)."""
@@ -71,7 +68,8 @@ class PepEngine:
         self.limits = limits
         self.cache_size = cache_size
         self._services: OrderedDict[str, Service] = OrderedDict()
-        self._loading: dict[str, defer.Deferred] = {}
+        #: Accounts being loaded -> who waits for them.
+        self._loading: dict[str, list[defer.Deferred]] = {}
 
     # -- the cache ------------------------------------------------------------------
 
