@@ -59,6 +59,10 @@ def new_item(item_id: str | None, payload: domish.Element) -> Item:
     return Item(item_id or secrets.token_hex(8), payload_xml(payload), payload)
 
 
+#: Key of Session.extra: the accounts whose last items this resource has had.
+HEARD_KEY = "pep-heard"
+
+
 class PepEngine:
     """Every account's PEP service on this server (C{server.pep})."""
 
@@ -250,7 +254,10 @@ class PepEngine:
             self._send_event(owner, change, recipients)
 
     def send_last_items(self, session: Session, names: Iterable[str]) -> defer.Deferred:
-        """A resource announced interest in C{names}: send it each node's last item (§4.3.4)."""
+        """A resource announced interest in C{names}: send it each node's last item (§4.3.4).
+
+        From its own account and from every local contact it is subscribed to.
+        """
         return self._send_last_items(session, frozenset(names))
 
     @defer.inlineCallbacks
@@ -262,24 +269,43 @@ class PepEngine:
             for item in roster.items.values()
             if item.subscribed_to and item.jid.partition("@")[2] in self.server.hosts
         ]
+        heard = session.extra.setdefault(HEARD_KEY, set())
         for owner in owners:
+            heard.add(owner.userhost())
             relation = OWNER if owner.userhost() == session.bare else CONTACT
-            service = yield self.service(owner)
-            for name in names:
-                node = service.nodes.get(name)
-                if (
-                    node is None
-                    or node.last is None
-                    or node.config.send_last_published_item == "never"
-                    or not may_access(node.config.access_model, relation)
-                ):
-                    continue
-                items = domish.Element((NS_PUBSUB_EVENT, "items"))
-                items["node"] = name
-                entry = items.addElement("item")
-                entry["id"] = node.last.id
-                entry.addChild(node.last.payload)
-                self._send_event(owner, items, [session])
+            yield self._send_owner_last_items(owner, relation, session, names)
+
+    def contact_heard(self, owner: JID, session: Session) -> defer.Deferred | None:
+        """C{session} got presence from local account C{owner} (a subscription approved
+        while online, or directed presence): the first time, send it C{owner}'s last items."""
+        names = interests(session)
+        heard = session.extra.setdefault(HEARD_KEY, set())
+        if not names or owner.userhost() in heard:
+            return None
+        heard.add(owner.userhost())
+        d = self.relation(owner, session.jid)
+        return d.addCallback(
+            lambda relation: self._send_owner_last_items(owner, relation, session, names)
+        )
+
+    @defer.inlineCallbacks
+    def _send_owner_last_items(self, owner: JID, relation: str, session: Session, names):
+        service = yield self.service(owner)
+        for name in names:
+            node = service.nodes.get(name)
+            if (
+                node is None
+                or node.last is None
+                or node.config.send_last_published_item == "never"
+                or not may_access(node.config.access_model, relation)
+            ):
+                continue
+            items = domish.Element((NS_PUBSUB_EVENT, "items"))
+            items["node"] = name
+            entry = items.addElement("item")
+            entry["id"] = node.last.id
+            entry.addChild(node.last.payload)
+            self._send_event(owner, items, [session])
 
     def _send_event(self, owner: JID, change: domish.Element, sessions: list[Session]) -> None:
         event = domish.Element((NS_PUBSUB_EVENT, "event"))

@@ -17,6 +17,7 @@ max_item_bytes (per account), cache_size (accounts kept in memory).
 from __future__ import annotations
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
@@ -24,10 +25,13 @@ from tx_xmpp.disco import NS_DISCO_ITEMS
 from tx_xmpp.pubsub import NS_PUBSUB, NS_PUBSUB_OWNER, PubSubRequest, Unsupported
 from zope.interface import implementer
 
+from imserver.caps import session_interests as interests
 from imserver.interfaces import IFeature
 from imserver.jid import parse_jid
 from imserver.pep import PepEngine, new_item
 from imserver.pubsub import Limits, NodeConfig, pubsub_error
+
+log = Logger()
 
 #: XEP-0060 §10 features an account's disco#info shows (XEP-0163 §6.1).
 PUBSUB_FEATURES = tuple(
@@ -87,11 +91,34 @@ class PEP:
         on(("iq", "set", NS_PUBSUB_OWNER, "bare"), self.not_yours)
         on(("iq", "get", NS_DISCO_ITEMS, "self"), self.disco_items)
         server.dispatcher.hook("caps-known", self.engine.send_last_items)
+        for target in ("bare", "full"):
+            on(("presence", "available", target), self.contact_available, priority=50)
         server.dispatcher.hook("user-deleted", self.account_deleted)
 
     def account_deleted(self, user: str, host: str, *_) -> None:
         """The store dropped the account's nodes with it: drop the cached copy too."""
         self.engine.forget(parse_jid(f"{user}@{host}"))
+
+    def contact_available(self, event) -> bool:
+        """Observe presence from a local account reaching another (never handles it).
+
+        On the presence hot path: resources without +notify interests cost a dict lookup.
+        """
+        if event.target == "full":
+            session = self.server.sessions.get(event.to.userhost(), event.to.resource)
+            sessions = [session] if session is not None else []
+        else:
+            sessions = self.server.sessions.of(event.to.userhost())
+        owner = event.sender
+        for session in sessions:
+            if not session.available or not interests(session):
+                continue
+            if owner.host not in self.server.hosts or owner.userhost() == session.bare:
+                return False
+            d = self.engine.contact_heard(owner.userhostJID(), session)
+            if d is not None:
+                d.addErrback(lambda f: log.failure("sending last PEP items failed", f))
+        return False
 
     # -- requests ----------------------------------------------------------------------
 

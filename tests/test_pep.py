@@ -291,3 +291,22 @@ def test_notifications_respect_blocking(make_client, accounts) -> None:
     settle(alice, bob)
     assert publish(alice, node, "<b xmlns='urn:example'/>").get("type") == "result"
     bob.assert_nothing(event_from(alice.bare, node))
+
+
+def test_last_item_when_a_subscription_is_approved_online(make_client, accounts) -> None:
+    """Bob, interested and online, subscribes to alice: her approval brings her presence
+    and, with it, the last item of the node bob wants; a status change does not repeat it."""
+    alice_account, bob_account = accounts(2)
+    alice = online(make_client, alice_account)
+    bob = online(make_client, bob_account)
+    node = "urn:example:later"
+    announce_caps(bob, [*interested_in(node), "urn:example:later-test"])
+    publish(alice, node, "<l xmlns='urn:example'/>", "last")
+    settle(alice, bob)
+    bob.assert_nothing(event_from(alice.bare, node))  # no subscription yet
+    subscribe(bob, alice)
+    note = bob.expect(event_from(alice.bare, node))
+    assert event_item_ids(note) == ["last"]
+    alice.send("<presence><show>away</show></presence>")
+    bob.expect(lambda e: e.get("from") == alice.jid and e.tag.endswith("presence"))
+    bob.assert_nothing(event_from(alice.bare, node))
