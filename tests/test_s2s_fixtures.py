@@ -17,9 +17,10 @@ import pytest
 from support.ca import TestCA
 from support.client import RawClient
 from support.dns import DNSServer
-from support.prosody import ProsodyProcess, prosody_available
+from support.prosody import ProsodyProcess
+from support.tools import needs
 
-pytestmark = pytest.mark.skipif(not prosody_available(), reason="prosody is not installed")
+pytestmark = needs("prosody")
 
 NS_STREAMS = "http://etherx.jabber.org/streams"
 

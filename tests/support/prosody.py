@@ -16,7 +16,6 @@ L{support.dns}), extra config lines.
 from __future__ import annotations
 
 import atexit
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,10 +27,6 @@ from pathlib import Path
 DEFAULT_MODULES = ("roster", "saslauth", "tls", "disco", "ping", "dialback")
 
 _running: weakref.WeakSet[ProsodyProcess] = weakref.WeakSet()
-
-
-def prosody_available() -> bool:
-    return shutil.which("prosody") is not None and shutil.which("prosodyctl") is not None
 
 
 def free_port(interface: str = "127.0.0.1") -> int:
