@@ -261,7 +261,10 @@ class Dispatcher:
 
     def _route_allowed(self, event: Event) -> defer.Deferred | None:
         if event.target == "remote":
-            return self._error(event, StanzaError("remote-server-not-found"))
+            route = self.server.router.default_route
+            if route is None:
+                return self._error(event, StanzaError("remote-server-not-found"))
+            return route.route(event)
         if event.kind == "iq":
             if event.target == "full":
                 key: tuple = ("iq", event.type, "full")

@@ -23,14 +23,25 @@ class Router:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.sessions = server.sessions
+        #: Where stanzas for domains we do not serve go (s2s); None: they bounce.
+        self.default_route = None
+
+    def set_default_route(self, route) -> None:
+        """Route every non-local domain through C{route} (its C{route(event)}, C{send_stanza})."""
+        self.default_route = route
 
     def send_to_jid(self, to: JID, stanza: domish.Element) -> bool:
         """Send a server-made stanza to a local full JID, or to every resource of a bare JID.
 
-        Returns whether any session got it. Stanzas for other domains are
-        dropped until federation exists.
+        Returns whether any session got it. Stanzas for other domains go to the
+        default route (s2s) when there is one.
         """
-        if to.host not in self.server.hosts or to.user is None:
+        if to.host not in self.server.hosts:
+            if self.default_route is None:
+                return False
+            self.default_route.send_stanza(stanza)
+            return True
+        if to.user is None:
             return False
         bare = to.userhost()
         if to.resource is not None:
