@@ -48,12 +48,12 @@ class Federation:
         self.started.clear()
         self.zone.stop()
 
-    def stop_servers(self) -> None:
-        for process in reversed(self.started):
+    def stop_servers(self, *processes: Any) -> None:
+        """Stop the given servers (default: all) and forget their SRV records."""
+        for process in reversed(processes or self.started):
             process.stop() if isinstance(process, ProsodyProcess) else process.kill()
-        self.started.clear()
-        self.zone.remove(f"{SRV}.{A}")
-        self.zone.remove(f"{SRV}.{B}")
+            self.zone.remove(f"{SRV}.{process.host}")
+        self.started = [p for p in self.started if processes and p not in processes]
 
     def imserver(
         self,
@@ -91,13 +91,23 @@ class Federation:
         )
         self.started.append(process)
         process.start()
+        process.s2s_port = port
         self.zone.add_srv(SRV, domain, domain, port)
         return process
 
     def prosody(
-        self, domain: str = B, *, trusted: bool = True, secure_auth: bool = False, bidi: bool = True
+        self,
+        domain: str = B,
+        *,
+        trusted: bool = True,
+        secure_auth: bool = False,
+        bidi: bool = True,
+        names: tuple[str, ...] | None = None,
     ) -> ProsodyProcess:
-        """Prosody serving C{domain}; C{trusted} False makes it distrust our CA (dialback)."""
+        """Prosody serving C{domain}; C{trusted} False makes it distrust our CA (dialback).
+
+        C{names}: what its certificate claims instead of C{domain}.
+        """
         address = A_ADDRESS if domain == A else B_ADDRESS
         modules = ["roster", "saslauth", "tls", "dialback", "disco", "ping"]
         if bidi:
@@ -108,7 +118,7 @@ class Federation:
             interface=address,
             modules_enabled=modules,
             s2s=True,
-            certificate=self.ca.issue(domain),
+            certificate=self.ca.issue(domain, names),
             cafile=(self.ca if trusted else self.stranger).path,
             dns=f"127.0.0.1@{self.zone.port}",
             options={"s2s_secure_auth": secure_auth, "s2s_timeout": 10},
