@@ -22,9 +22,10 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, w
 from twisted.logger import Logger
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
+from zope.interface import implementer
 
 from imserver.config import S2SSettings
-from imserver.jid import InvalidFormat, parse_jid
+from imserver.interfaces import IRoute
 from imserver.s2s.dialback import DialbackKeys
 from imserver.s2s.resolver import DomainResolver, Target
 from imserver.s2s.stream import NegotiationFailed, S2SStream
@@ -55,6 +56,7 @@ class _Pending:
     failed: bool = False
 
 
+@implementer(IRoute)
 class S2SManager:
     """The default route for remote domains (see L{route}) and the owner of s2s streams."""
 
@@ -75,16 +77,6 @@ class S2SManager:
     def route(self, event) -> None:
         """IRoute: send an event's stanza to its remote domain."""
         self.send(event.stanza, event.sender.host, event.to.host)
-
-    def send_stanza(self, stanza: domish.Element) -> None:
-        """Send a stanza whose 'from' is local and 'to' remote (replies, bounces)."""
-        try:
-            local = parse_jid(stanza["from"]).host
-            remote = parse_jid(stanza["to"]).host
-        except (KeyError, InvalidFormat):
-            log.warn("s2s: dropped a stanza without valid 'from' and 'to'")
-            return
-        self.send(stanza, local, remote)
 
     def send(self, stanza: domish.Element, local: str, remote: str) -> None:
         stream = self.routes.get((local, remote))

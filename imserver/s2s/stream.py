@@ -616,7 +616,7 @@ class S2SStream(xmlstream.XmlStream):
 
     def _deliver(self, element, sender, to) -> None:
         try:
-            pending = self.manager.server.dispatcher.deliver(element, sender, to)
+            pending = self.manager.server.dispatcher.route(element, sender, to)
         except Exception:
             log.failure("routing a stanza from {stream!r} failed", stream=self)
             return
