@@ -12,6 +12,7 @@ Both imserver <-> imserver cells run the same scenario.
 from __future__ import annotations
 
 import pytest
+from support.client import stanza_error
 from support.federation import Federation, account, online
 from support.im import message, presence
 from support.prosody import ProsodyProcess
@@ -119,3 +120,39 @@ def test_two_imservers(cell, auth):
     a_server = cell.imserver("a.test", trusted=secure, secure_auth=secure)
     b_server = cell.imserver("b.test", trusted=secure, secure_auth=secure)
     scenario(a_server, b_server, "a")
+
+
+def test_directed_presence_and_bounces(cell):
+    """RFC 6121 §4.6 directed presence to a remote non-contact, and errors crossing back."""
+    a_server = cell.imserver()
+    b_server = cell.prosody()
+    clients: list = []
+    try:
+        alice = online(a_server, account(a_server, "alice"), clients)
+        carol = online(b_server, account(b_server, "carol"), clients)
+        # Directed presence reaches a non-contact; so does our unavailable when alice leaves.
+        alice.send(f"<presence to='{carol.jid}'><status>here</status></presence>")
+        carol.expect(presence(alice.jid))
+        # A message to a remote resource that does not exist goes to the bare JID (§8.5.3.2.1).
+        alice.send(f"<message to='{carol.bare}/gone' type='chat'><body>to bare</body></message>")
+        carol.expect(message(alice.jid, "chat"))
+        # An iq to it bounces service-unavailable, back across the link (§8.5.3.2.1).
+        alice.send(f"<iq type='get' id='q1' to='{carol.bare}/gone'><query xmlns='x:y'/></iq>")
+        error = alice.expect(lambda e: e.get("id") == "q1")
+        assert stanza_error(error) == ("cancel", "service-unavailable")
+        # And a message to a user that does not exist there bounces too.
+        alice.send(
+            f"<message to='nobody@{b_server.host}' id='m2' type='chat'><body>?</body></message>"
+        )
+        error = alice.expect(lambda e: e.get("id") == "m2")
+        assert stanza_error(error)[1] == "service-unavailable"
+        # Remote entities reach our users' full JIDs and the server itself (XEP-0199 ping).
+        carol.send(
+            f"<iq type='get' id='p1' to='{a_server.host}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        )
+        assert carol.expect(lambda e: e.get("id") == "p1").get("type") == "result"
+        alice.client.close()
+        carol.expect(presence(alice.jid, "unavailable"))
+    finally:
+        for client in clients:
+            client.close()
