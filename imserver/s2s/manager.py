@@ -117,12 +117,13 @@ class S2SManager:
         if len(self.streams) >= self.settings.max_connections:
             log.warn("s2s: refused a connection to {remote}: connection cap", remote=remote)
             return False
-        if self._count(remote) >= self.settings.max_connections_per_domain:
+        if self.count(remote) >= self.settings.max_connections_per_domain:
             log.warn("s2s: refused a connection to {remote}: per-domain cap", remote=remote)
             return False
         return True
 
-    def _count(self, remote: str) -> int:
+    def count(self, remote: str) -> int:
+        """Open streams (both directions) with C{remote}."""
         return sum(1 for s in self.streams if s.remote == remote)
 
     @defer.inlineCallbacks

@@ -268,6 +268,11 @@ class S2SStream(xmlstream.XmlStream):
         if self.local is not None and to != self.local:
             return self.fail("host-unknown", "the stream changed its 'to'")
         self.local, self.remote = to, sender or self.remote
+        if (
+            self.remote
+            and self.manager.count(self.remote) > self.settings.max_connections_per_domain
+        ):
+            return self.fail("policy-violation", f"too many connections from {self.remote}")
         if self.secure and self.certificate is None:
             self._after_tls()  # the handshake is over once the peer's new header arrives
         self._send_header()
