@@ -1,8 +1,6 @@
 """Federation failure cases: nothing is lost silently, nothing waits for ever, no spoofing.
 
 - a domain with no DNS answer bounces remote-server-not-found in bounded time;
-- a peer whose certificate names another domain is refused (secure_auth) or
-  authenticated by dialback instead;
 - a stanza whose 'from' domain the stream did not authenticate ends the
   stream with invalid-from;
 - a peer that stops reading is cut off;
@@ -10,7 +8,8 @@
   and what it holds bounces remote-server-timeout after connect_timeout.
 
 The scripted peers here are raw sockets speaking just enough s2s (plain TCP,
-dialback) for one domain whose policy allows that.
+dialback) for one domain whose policy allows that. The wrong-name certificate
+case is in test_s2s_prosody (it needs its own pair of servers).
 """
 
 from __future__ import annotations
@@ -205,27 +204,3 @@ def test_queue_bound_holds_and_queue_times_out(a_server, listeners, clients):
         assert {stanza_error(e)[1] for e in timed_out} == {"remote-server-timeout"}
         assert sorted(e.get("id") for e in timed_out) == [f"q{n}" for n in range(5)]
         assert time.monotonic() - started < 5
-
-
-@pytest.mark.parametrize("secure_auth", [True, False], ids=["secure_auth", "dialback_allowed"])
-def test_certificate_for_another_name(federation, secure_auth, clients):
-    """Prosody serves b.test with a certificate for c.test (from the trusted CA)."""
-    a_server = federation.imserver(A, secure_auth=secure_auth)
-    b_server = federation.prosody(secure_auth=False, names=("c.test",))
-    try:
-        alice = online(a_server, account(a_server, "alice"), clients)
-        bob = online(b_server, account(b_server, "bob"), clients)
-        alice.send(f"<message to='{bob.bare}' id='w1' type='chat'><body>hi</body></message>")
-        if secure_auth:
-            bounce = alice.expect(message(bob.bare, "error"), timeout=10)
-            assert stanza_error(bounce)[1] == "remote-server-not-found"
-            assert "certificate not for this domain (secure_auth)" in a_server.log_text()
-        else:
-            bob.expect(message(alice.jid, "chat"), timeout=10)
-            # And b.test's own connection to us can only authenticate by dialback.
-            bob.send(f"<message to='{alice.bare}' type='chat'><body>back</body></message>")
-            alice.expect(message(bob.jid, "chat"), timeout=10)
-            log = a_server.log_text()
-            assert "certificate not for this domain for b.test; dialback decides" in log
-    finally:
-        federation.stop_servers()

@@ -11,6 +11,8 @@ Both imserver <-> imserver cells run the same scenario.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from support.client import stanza_error
 from support.federation import Federation, account, online
@@ -153,6 +155,52 @@ def test_directed_presence_and_bounces(cell):
         assert carol.expect(lambda e: e.get("id") == "p1").get("type") == "result"
         alice.client.close()
         carol.expect(presence(alice.jid, "unavailable"))
+    finally:
+        for client in clients:
+            client.close()
+
+
+@pytest.mark.parametrize("secure_auth", [True, False], ids=["secure_auth", "dialback_allowed"])
+def test_certificate_for_another_name(cell, secure_auth):
+    """Prosody serves b.test with a certificate for c.test (from the trusted CA)."""
+    a_server = cell.imserver(secure_auth=secure_auth)
+    b_server = cell.prosody(secure_auth=False, names=("c.test",))
+    clients: list = []
+    try:
+        alice = online(a_server, account(a_server, "alice"), clients)
+        bob = online(b_server, account(b_server, "bob"), clients)
+        alice.send(f"<message to='{bob.bare}' id='w1' type='chat'><body>hi</body></message>")
+        if secure_auth:
+            bounce = alice.expect(message(bob.bare, "error"), timeout=10)
+            assert stanza_error(bounce)[1] == "remote-server-not-found"
+            assert "certificate not for this domain (secure_auth)" in a_server.log_text()
+        else:
+            bob.expect(message(alice.jid, "chat"), timeout=10)
+            # And b.test's own connection to us can only authenticate by dialback.
+            bob.send(f"<message to='{alice.bare}' type='chat'><body>back</body></message>")
+            alice.expect(message(bob.jid, "chat"), timeout=10)
+            log = a_server.log_text()
+            assert "certificate not for this domain for b.test; dialback decides" in log
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_idle_connections_close_and_come_back(cell):
+    a_server = cell.imserver("a.test", s2s={"idle_timeout": 1.0})
+    b_server = cell.imserver("b.test", s2s={"idle_timeout": 60.0})
+    clients: list = []
+    try:
+        alice = online(a_server, account(a_server, "alice"), clients)
+        bob = online(b_server, account(b_server, "bob"), clients)
+        alice.send(f"<message to='{bob.bare}' type='chat'><body>one</body></message>")
+        bob.expect(message(alice.jid, "chat"))
+        deadline = time.monotonic() + 5
+        while "idle: closing" not in a_server.log_text():
+            assert time.monotonic() < deadline, "the idle s2s connection stayed open"
+            time.sleep(0.1)
+        alice.send(f"<message to='{bob.bare}' type='chat'><body>two</body></message>")
+        assert bob.expect(message(alice.jid, "chat")).findtext("{jabber:client}body") == "two"
     finally:
         for client in clients:
             client.close()

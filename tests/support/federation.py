@@ -92,6 +92,7 @@ class Federation:
         self.started.append(process)
         process.start()
         process.s2s_port = port
+        self.zone.remove(f"{SRV}.{domain}")  # one server per domain at a time
         self.zone.add_srv(SRV, domain, domain, port)
         return process
 
@@ -125,6 +126,7 @@ class Federation:
         )
         self.started.append(process)
         process.start()
+        self.zone.remove(f"{SRV}.{domain}")
         self.zone.add_srv(SRV, domain, domain, process.s2s_port)
         return process
 
