@@ -204,3 +204,36 @@ def test_idle_connections_close_and_come_back(cell):
     finally:
         for client in clients:
             client.close()
+
+
+def test_remote_senders_meet_blocking_and_offline_storage(cell):
+    """Stanzas from a peer server go through the same pipeline as local ones."""
+    a_server = cell.imserver()
+    b_server = cell.prosody()
+    clients: list = []
+    try:
+        alice_account = account(a_server, "alice")
+        alice = online(a_server, alice_account, clients)
+        bob = online(b_server, account(b_server, "bob"), clients)
+        # XEP-0191: alice blocks bob; his messages do not reach her.
+        result = alice.iq(
+            f"<iq type='set'><block xmlns='urn:xmpp:blocking'><item jid='{bob.bare}'/></block></iq>"
+        )
+        assert result.get("type") == "result"
+        bob.send(f"<message to='{alice.bare}' type='chat'><body>blocked</body></message>")
+        alice.assert_nothing(message(bob.jid), wait=1.0)
+        alice.iq("<iq type='set'><unblock xmlns='urn:xmpp:blocking'/></iq>")
+        # XEP-0160: while alice is offline, bob's message is stored for her.
+        alice.send("</stream:stream>")
+        alice.client.expect_closed()  # the server has ended her session
+        bob.send(f"<message to='{alice.bare}' type='chat'><body>later</body></message>")
+        # The link keeps order: once a.test answers this ping, the message is stored.
+        pong = bob.iq(f"<iq type='get' to='{a_server.host}'><ping xmlns='urn:xmpp:ping'/></iq>")
+        assert pong.get("type") == "result"
+        alice = online(a_server, alice_account, clients)
+        stored = alice.expect(message(bob.jid, "chat"))
+        assert stored.findtext("{jabber:client}body") == "later"
+        assert stored.find("{urn:xmpp:delay}delay") is not None
+    finally:
+        for client in clients:
+            client.close()
