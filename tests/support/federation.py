@@ -84,7 +84,7 @@ class Federation:
         process = ServerProcess(
             directory,
             server={"hosts": [domain]},
-            c2s={"interface": address},
+            c2s={"interface": address} | overrides.pop("c2s", {}),
             tls={"certificate": str(certificate), "key": str(key)},
             s2s=table,
             **overrides,
@@ -104,10 +104,13 @@ class Federation:
         secure_auth: bool = False,
         bidi: bool = True,
         names: tuple[str, ...] | None = None,
+        log_level: str = "debug",
+        **options: object,
     ) -> ProsodyProcess:
         """Prosody serving C{domain}; C{trusted} False makes it distrust our CA (dialback).
 
-        C{names}: what its certificate claims instead of C{domain}.
+        C{names}: what its certificate claims instead of C{domain}; C{options}: more
+        global Prosody settings.
         """
         address = A_ADDRESS if domain == A else B_ADDRESS
         modules = ["roster", "saslauth", "tls", "dialback", "disco", "ping"]
@@ -122,7 +125,8 @@ class Federation:
             certificate=self.ca.issue(domain, names),
             cafile=(self.ca if trusted else self.stranger).path,
             dns=f"127.0.0.1@{self.zone.port}",
-            options={"s2s_secure_auth": secure_auth, "s2s_timeout": 10},
+            options={"s2s_secure_auth": secure_auth, "s2s_timeout": 10} | options,
+            log_level=log_level,
         )
         self.started.append(process)
         process.start()

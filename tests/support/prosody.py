@@ -75,6 +75,7 @@ class ProsodyProcess:
         dns: str | None = None,
         options: dict[str, object] | None = None,
         extra: str = "",
+        log_level: str = "debug",
         start_timeout: float = 20.0,
     ) -> None:
         self.directory = Path(directory).resolve()
@@ -92,6 +93,8 @@ class ProsodyProcess:
         self.dns = dns
         self.options = dict(options or {})
         self.extra = extra
+        #: "debug" helps when a test fails; benchmarks want "info" (debug costs CPU).
+        self.log_level = log_level
         self.start_timeout = start_timeout
         self.port = 0
         self.s2s_port = 0
@@ -125,8 +128,8 @@ class ProsodyProcess:
             f"pidfile = {lua(d / 'prosody.pid')}",
             f"data_path = {lua(d / 'data')}",
             f"certificates = {lua(d)}",
-            "log = { { levels = { min = 'debug' }, to = 'file', filename = "
-            f"{lua(self.log_path)} }} }}",
+            f"log = {{ {{ levels = {{ min = {lua(self.log_level)} }}, to = 'file', "
+            f"filename = {lua(self.log_path)} }} }}",
             f"interfaces = {lua([self.interface])}",
             f"c2s_ports = {lua([self.port])}",
             "c2s_direct_tls_ports = { }",
