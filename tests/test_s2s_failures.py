@@ -73,7 +73,8 @@ def a_server(federation, listeners):
         A,
         s2s={
             "hosts": {d: f"127.0.0.1:{listeners[d].port}" for d in SCRIPTED},
-            "domain": {d: {"require_encryption": False} for d in SCRIPTED},
+            "domain": {d: {"require_encryption": False} for d in SCRIPTED}
+            | {"strict.test": {"require_encryption": False, "secure_auth": True}},
             "max_queue": 5,
             "connect_timeout": 3.0,
         },
@@ -204,3 +205,17 @@ def test_queue_bound_holds_and_queue_times_out(a_server, listeners, clients):
         assert {stanza_error(e)[1] for e in timed_out} == {"remote-server-timeout"}
         assert sorted(e.get("id") for e in timed_out) == [f"q{n}" for n in range(5)]
         assert time.monotonic() - started < 5
+
+
+def test_dialback_refused_by_policy_gets_a_dialback_error(a_server):
+    """XEP-0220 §2.4: a domain that must use certificates gets db:result type='error'."""
+    with socket.create_connection(("127.0.0.1", a_server.s2s_port), timeout=10) as peer:
+        peer.sendall(NS_SERVER_HEADER.format(attributes=f"from='strict.test' to='{A}'").encode())
+        _, data = read_until(peer, r"</stream:features>")
+        assert b"urn:xmpp:features:dialback" not in data  # not even offered
+        peer.sendall(f"<db:result from='strict.test' to='{A}'>k</db:result>".encode())
+        answer, _ = read_until(peer, r"<db:result[^>]*type='error'.*?</db:result>")
+        assert "not-acceptable" in answer.group(0)
+    assert "dialback from strict.test refused: policy requires a certificate" in (
+        a_server.log_text()
+    )

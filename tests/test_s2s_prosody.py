@@ -11,13 +11,16 @@ Both imserver <-> imserver cells run the same scenario.
 
 from __future__ import annotations
 
+import socket
+import ssl
 import time
 
 import pytest
 from support.client import stanza_error
-from support.federation import Federation, account, online
+from support.federation import B_ADDRESS, A, B, Federation, account, online
 from support.im import message, presence
 from support.prosody import ProsodyProcess
+from support.server import free_port
 from support.tools import needs
 
 pytestmark = needs("prosody")
@@ -234,6 +237,55 @@ def test_remote_senders_meet_blocking_and_offline_storage(cell):
         stored = alice.expect(message(bob.jid, "chat"))
         assert stored.findtext("{jabber:client}body") == "later"
         assert stored.find("{urn:xmpp:delay}delay") is not None
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_direct_tls_between_imservers(cell):
+    """XEP-0368: b.test publishes only _xmpps-server; a.test connects with TLS at once."""
+    direct = free_port(B_ADDRESS)
+    a_server = cell.imserver(A)
+    b_server = cell.imserver(B, s2s={"direct_tls_port": direct})
+    cell.zone.remove(f"_xmpp-server._tcp.{B}")
+    cell.zone.add_srv("_xmpps-server._tcp", B, B, direct)
+    clients: list = []
+    try:
+        # The listener selects ALPN "xmpp-server" when offered.
+        context = ssl.create_default_context(cafile=str(cell.ca.path))
+        context.set_alpn_protocols(["xmpp-server"])
+        with (
+            socket.create_connection((B_ADDRESS, direct), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=B) as secure,
+        ):
+            assert secure.selected_alpn_protocol() == "xmpp-server"
+        alice = online(a_server, account(a_server, "alice"), clients)
+        bob = online(b_server, account(b_server, "bob"), clients)
+        alice.send(f"<message to='{bob.bare}' type='chat'><body>direct</body></message>")
+        bob.expect(message(alice.jid, "chat"))
+        assert "authenticated by certificate" in a_server.log_text()
+    finally:
+        cell.zone.remove(f"_xmpps-server._tcp.{B}")
+        for client in clients:
+            client.close()
+
+
+def test_secure_auth_refuses_an_untrusted_peer_both_ways(cell):
+    """imserver trusts no CA that signed Prosody's certificate and allows no dialback."""
+    a_server = cell.imserver(trusted=False, secure_auth=True)
+    b_server = cell.prosody(secure_auth=False)
+    clients: list = []
+    try:
+        alice = online(a_server, account(a_server, "alice"), clients)
+        bob = online(b_server, account(b_server, "bob"), clients)
+        alice.send(f"<message to='{bob.bare}' id='o1' type='chat'><body>x</body></message>")
+        bounce = alice.expect(lambda e: e.get("id") == "o1", timeout=10)
+        assert stanza_error(bounce)[1] == "remote-server-not-found"
+        assert "certificate not trusted (secure_auth)" in a_server.log_text()
+        bob.send(f"<message to='{alice.bare}' id='i1' type='chat'><body>x</body></message>")
+        bounce = bob.expect(lambda e: e.get("id") == "i1", timeout=15)
+        assert stanza_error(bounce)[0] is not None
+        alice.assert_nothing(message(bob.jid))
     finally:
         for client in clients:
             client.close()

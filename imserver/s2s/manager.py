@@ -83,6 +83,14 @@ class S2SManager:
         if stream is not None and not stream.closed:
             stream.send_stanza(stanza)
             return
+        if local not in self.server.hosts:
+            log.warn(
+                "s2s: refused to relay a stanza from {local} to {remote}",
+                local=local,
+                remote=remote,
+            )
+            self._bounce(stanza, "not-allowed", f"{local} is not served here")
+            return
         pending = self.connecting.get((local, remote)) or self._connect(local, remote)
         if pending is None:
             self._bounce(stanza, "resource-constraint", "too many server-to-server connections")
@@ -97,8 +105,6 @@ class S2SManager:
     # -- connecting -----------------------------------------------------------
 
     def _connect(self, local: str, remote: str) -> _Pending | None:
-        if remote in self.server.hosts or local not in self.server.hosts:
-            return None
         if not self._room_for(remote):
             return None
         pending = _Pending(local, remote)

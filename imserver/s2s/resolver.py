@@ -4,8 +4,8 @@ RFC 6120 §3.2 and XEP-0368: the SRV records of C{_xmpps-server._tcp} (direct
 TLS) and C{_xmpp-server._tcp} (STARTTLS) are merged and ordered by RFC 2782
 (priority, then a weighted random pick within a priority; among
 zero-weight records direct TLS comes first); with no SRV records, the
-domain's own address on port 5269. A target of "." means the domain offers
-no service. Host names are resolved
+domain's own address on port 5269. A lone target of "." means the domain
+offers no service: no fallback then. Host names are resolved
 through the same DNS servers (twisted.names), never the system's hosts file,
 so tests can run their own zone.
 """
@@ -82,6 +82,7 @@ class DomainResolver:
             host, port = self.static[domain]
             return [Target(host, port)]
         records: list[tuple[int, int, Target]] = []
+        unavailable = False
         for service, direct_tls in (("_xmpps-server._tcp", True), ("_xmpp-server._tcp", False)):
             answers = yield self._query(self.dns.lookupService, f"{service}.{domain}")
             for answer in answers:
@@ -90,11 +91,15 @@ class DomainResolver:
                     continue
                 target = srv.target.name.decode("ascii")
                 if target in ("", "."):
-                    # RFC 2782: "." means decidedly not available (on this protocol).
+                    unavailable = True
                     continue
                 records.append((srv.priority, srv.weight, Target(target, srv.port, direct_tls)))
         if records:
             return rfc2782_order(records)
+        if unavailable:
+            # RFC 2782 and RFC 6120 §3.2.1: target "." means the service is decidedly
+            # not available; no fallback to the domain's own address.
+            return []
         return [Target(domain, DEFAULT_PORT)]
 
     @defer.inlineCallbacks
