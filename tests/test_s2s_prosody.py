@@ -55,13 +55,7 @@ def _scenario(a_server, b_server, initiator: str, clients: list) -> None:
     first, second = (alice, bob) if initiator == "a" else (bob, alice)
 
     # RFC 6121 §3.1: the initiator's user subscribes first (this opens the first s2s link).
-    for user, contact in ((first, second), (second, first)):
-        user.send(f"<presence to='{contact.bare}' type='subscribe'/>")
-        contact.expect(presence(user.bare, "subscribe"))
-        contact.send(f"<presence to='{user.bare}' type='subscribed'/>")
-        user.expect(presence(contact.bare, "subscribed"))
-        # §3.1.5: the approval brings the contact's current presence along.
-        user.expect(presence(contact.jid))
+    mutual(first, second)
 
     # Chat both ways (to the bare JID, then to the full JID).
     alice.send(f"<message to='{bob.bare}' type='chat'><body>hello bob</body></message>")
@@ -92,6 +86,17 @@ def _scenario(a_server, b_server, initiator: str, clients: list) -> None:
     # Still subscribed the other way: bob sees alice go away.
     alice.client.close()
     bob.expect(presence(alice.jid, "unavailable"))
+
+
+def mutual(first, second) -> None:
+    """Subscribe both ways, C{first} asking first; each then has the other's presence."""
+    for user, contact in ((first, second), (second, first)):
+        user.send(f"<presence to='{contact.bare}' type='subscribe'/>")
+        contact.expect(presence(user.bare, "subscribe"))
+        contact.send(f"<presence to='{user.bare}' type='subscribed'/>")
+        user.expect(presence(contact.bare, "subscribed"))
+        # §3.1.5: the approval brings the contact's current presence along.
+        user.expect(presence(contact.jid))
 
 
 CELLS = [
@@ -286,6 +291,23 @@ def test_secure_auth_refuses_an_untrusted_peer_both_ways(cell):
         bounce = bob.expect(lambda e: e.get("id") == "i1", timeout=15)
         assert stanza_error(bounce)[0] is not None
         alice.assert_nothing(message(bob.jid))
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_shutdown_tells_remote_contacts_then_closes_the_link(cell):
+    """On SIGTERM, remote subscribers hear unavailable before the s2s stream ends."""
+    a_server = cell.imserver()
+    b_server = cell.prosody()
+    clients: list = []
+    try:
+        alice = online(a_server, account(a_server, "alice"), clients)
+        bob = online(b_server, account(b_server, "bob"), clients)
+        mutual(alice, bob)
+        assert a_server.stop() == 0
+        bob.expect(presence(alice.jid, "unavailable"))
+        assert "closed with system-shutdown" in a_server.log_text()
     finally:
         for client in clients:
             client.close()

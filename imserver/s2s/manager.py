@@ -315,11 +315,24 @@ class S2SFactory(protocol.ServerFactory):
 
 
 class S2SService(service.Service):
-    """Closes every s2s stream when the server stops."""
+    """Closes every s2s stream when the server stops, after the client streams.
+
+    Client streams closing make their users' unavailable presence go to remote
+    contacts (RFC 6121 §4.5.2): those must leave on the s2s streams before
+    these end. MultiService stops its children all at once, so this one waits
+    for the client streams itself.
+    """
 
     def __init__(self, manager: S2SManager) -> None:
         self.manager = manager
 
+    @defer.inlineCallbacks
     def stopService(self):
         super().stopService()
-        return self.manager.stop()
+        clients = [s.lost for s in self.manager.server.streams]
+        if clients:
+            waiting = defer.DeferredList(clients, consumeErrors=True)
+            waiting.addTimeout(SHUTDOWN_GRACE, reactor)
+            waiting.addErrback(lambda _: None)  # ServerService aborts the stragglers
+            yield waiting
+        yield self.manager.stop()

@@ -58,6 +58,9 @@ NS_BIDI_FEATURE = "urn:xmpp:features:bidi"
 STANZAS = frozenset(("message", "presence", "iq"))
 #: Stanzas held behind an asynchronous handler before the stream stops reading.
 MAX_QUEUED = 64
+#: Domain pairs one incoming stream may ask to authenticate by dialback (each
+#: costs a connection to the claimed domain's server).
+MAX_DIALBACK_REQUESTS = 16
 
 
 class NegotiationFailed(Exception):
@@ -109,6 +112,7 @@ class S2SStream(xmlstream.XmlStream):
         self._pending_verify: list[domish.Element] = []
         self._can_verify = False
         self._sasl_tried = False
+        self._dialback_requests: set[tuple[str, str]] = set()
         self._restarts = 0
         self.flow: FlowControl | None = None
         self._timeout = None
@@ -430,6 +434,9 @@ class S2SStream(xmlstream.XmlStream):
                 domain=sender,
             )
             return self._dialback_error(to, sender, "policy-violation", "auth")
+        if len(self._dialback_requests) >= MAX_DIALBACK_REQUESTS:
+            return self.fail("policy-violation", "too many dialback requests")
+        self._dialback_requests.add((sender, to))
         d = self.manager.verify_dialback(to, sender, self.sid, str(element))
         d.addCallback(self._dialback_checked, to, sender)
 
