@@ -6,11 +6,14 @@ side distrusting the other's CA), bidi (XEP-0288) on or off on both sides,
 and which side opens the first connection. In each cell, with a client on
 each server: the subscription handshake both ways, presence both ways, chat
 both ways, a probe answered after re-login on each side, and unsubscribe.
-Both imserver <-> imserver cells run the same scenario.
+Both imserver <-> imserver cells run the same scenario. The slixmpp cells run
+a shorter scenario with slixmpp (an independent client library) on both sides.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
 import ssl
 import time
@@ -22,6 +25,10 @@ from support.im import message, presence
 from support.prosody import ProsodyProcess
 from support.server import free_port
 from support.tools import needs
+
+# The slixmpp client of the single-server interop test, reused across two servers.
+from test_interop_im import STEP, until
+from test_interop_im import Client as SlixClient
 
 pytestmark = needs("prosody")
 
@@ -311,3 +318,48 @@ def test_shutdown_tells_remote_contacts_then_closes_the_link(cell):
     finally:
         for client in clients:
             client.close()
+
+
+@pytest.mark.parametrize("auth", ["sasl", "dialback"])
+def test_slixmpp_clients_across_federation(cell, auth):
+    """slixmpp (an independent client) on each side: subscribe, presence, chat, re-login."""
+    logging.getLogger("slixmpp").setLevel(logging.WARNING)
+    secure = auth == "sasl"
+    a_server = cell.imserver(trusted=secure, secure_auth=secure)
+    b_server = cell.prosody(trusted=secure, secure_auth=secure)
+    alice_account, bob_account = account(a_server, "alice"), account(b_server, "bob")
+    asyncio.run(asyncio.wait_for(_slixmpp(a_server, b_server, alice_account, bob_account), 90))
+
+
+async def _slixmpp(a_server, b_server, alice_account, bob_account) -> None:
+    alice = await SlixClient(*alice_account).online(a_server)
+    bob = await SlixClient(*bob_account).online(b_server)
+    alice_jid, bob_jid = alice_account[0], bob_account[0]
+    try:
+        alice.send_presence(pto=bob_jid, ptype="subscribe")
+        await until(lambda: alice.subscription(bob_jid) == "both", "alice has 'both'")
+        await until(lambda: bob.subscription(alice_jid) == "both", "bob has 'both'")
+        await until(lambda: alice.sees(bob_jid) and bob.sees(alice_jid), "both see the other")
+        alice.send_message(mto=bob_jid, mbody="from a.test", mtype="chat")
+        got = await asyncio.wait_for(bob.messages.get(), STEP)
+        assert (got["body"], got["from"].bare) == ("from a.test", alice_jid)
+        bob.send_message(mto=alice_jid, mbody="from b.test", mtype="chat")
+        got = await asyncio.wait_for(alice.messages.get(), STEP)
+        assert (got["body"], got["from"].bare) == ("from b.test", bob_jid)
+        # Re-login on each side: the probe is answered across the link.
+        await bob.offline()
+        await until(lambda: not alice.sees(bob_jid), "alice sees bob leave")
+        bob = await SlixClient(*bob_account).online(b_server)
+        await until(lambda: alice.sees(bob_jid) and bob.sees(alice_jid), "both see the other")
+        await alice.offline()
+        await until(lambda: not bob.sees(alice_jid), "bob sees alice leave")
+        alice = await SlixClient(*alice_account).online(a_server)
+        await until(lambda: alice.sees(bob_jid) and bob.sees(alice_jid), "both see the other")
+        # Unsubscribe (RFC 6121 §3.3): bob stops seeing alice.
+        bob.send_presence(pto=alice_jid, ptype="unsubscribe")
+        await until(lambda: alice.subscription(bob_jid) == "to", "alice has 'to'")
+        await until(lambda: not bob.sees(alice_jid), "bob no longer sees alice")
+    finally:
+        for client in (alice, bob):
+            if client.is_connected():
+                await client.offline()
