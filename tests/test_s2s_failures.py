@@ -76,6 +76,7 @@ def a_server(federation, listeners):
             "domain": {d: {"require_encryption": False} for d in SCRIPTED}
             | {"strict.test": {"require_encryption": False, "secure_auth": True}},
             "max_queue": 5,
+            "max_connections_per_domain": 3,
             "connect_timeout": 3.0,
         },
         limits={
@@ -219,3 +220,22 @@ def test_dialback_refused_by_policy_gets_a_dialback_error(a_server):
     assert "dialback from strict.test refused: policy requires a certificate" in (
         a_server.log_text()
     )
+
+
+def test_connections_per_domain_are_capped(a_server):
+    """A fourth stream claiming one domain is refused while three are open."""
+    opened = []
+    try:
+        for _ in range(3):
+            peer = socket.create_connection(("127.0.0.1", a_server.s2s_port), timeout=10)
+            opened.append(peer)
+            peer.sendall(NS_SERVER_HEADER.format(attributes=f"from='many.test' to='{A}'").encode())
+            read_until(peer, r"</stream:features>")
+        extra = socket.create_connection(("127.0.0.1", a_server.s2s_port), timeout=10)
+        opened.append(extra)
+        extra.sendall(NS_SERVER_HEADER.format(attributes=f"from='many.test' to='{A}'").encode())
+        read_until(extra, r"<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'")
+    finally:
+        for peer in opened:
+            peer.close()
+    assert "too many connections from many.test" in a_server.log_text()
