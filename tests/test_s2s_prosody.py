@@ -363,3 +363,22 @@ async def _slixmpp(a_server, b_server, alice_account, bob_account) -> None:
         for client in (alice, bob):
             if client.is_connected():
                 await client.offline()
+
+
+def test_direct_tls_to_prosody(cell):
+    """XEP-0368 against Prosody: only _xmpps-server is published for b.test."""
+    a_server = cell.imserver(secure_auth=True)
+    b_server = cell.prosody(secure_auth=True, direct_tls=True)
+    cell.zone.remove(f"_xmpp-server._tcp.{B}")
+    cell.zone.add_srv("_xmpps-server._tcp", B, B, b_server.s2s_tls_port)
+    clients: list = []
+    try:
+        alice = online(a_server, account(a_server, "alice"), clients)
+        bob = online(b_server, account(b_server, "bob"), clients)
+        alice.send(f"<message to='{bob.bare}' type='chat'><body>direct</body></message>")
+        bob.expect(message(alice.jid, "chat"))
+        assert "authenticated by certificate" in a_server.log_text()
+    finally:
+        cell.zone.remove(f"_xmpps-server._tcp.{B}")
+        for client in clients:
+            client.close()

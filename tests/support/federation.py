@@ -105,6 +105,7 @@ class Federation:
         bidi: bool = True,
         names: tuple[str, ...] | None = None,
         log_level: str = "debug",
+        direct_tls: bool = False,
         **options: object,
     ) -> ProsodyProcess:
         """Prosody serving C{domain}; C{trusted} False makes it distrust our CA (dialback).
@@ -122,6 +123,7 @@ class Federation:
             interface=address,
             modules_enabled=modules,
             s2s=True,
+            s2s_direct_tls=direct_tls,
             certificate=self.ca.issue(domain, names),
             cafile=(self.ca if trusted else self.stranger).path,
             dns=f"127.0.0.1@{self.zone.port}",

@@ -70,6 +70,7 @@ class ProsodyProcess:
         modules_enabled: tuple[str, ...] | list[str] = DEFAULT_MODULES,
         modules_disabled: tuple[str, ...] | list[str] = (),
         s2s: bool = False,
+        s2s_direct_tls: bool = False,
         certificate: tuple[Path, Path] | None = None,
         cafile: Path | None = None,
         dns: str | None = None,
@@ -98,6 +99,9 @@ class ProsodyProcess:
         self.start_timeout = start_timeout
         self.port = 0
         self.s2s_port = 0
+        #: XEP-0368 s2s port (with s2s_direct_tls), else 0.
+        self.s2s_direct_tls = s2s_direct_tls
+        self.s2s_tls_port = 0
         self.process: subprocess.Popen | None = None
 
     @property
@@ -135,7 +139,7 @@ class ProsodyProcess:
             "c2s_direct_tls_ports = { }",
             "legacy_ssl_ports = { }",
             f"s2s_ports = {lua([self.s2s_port] if self.s2s else [])}",
-            "s2s_direct_tls_ports = { }",
+            f"s2s_direct_tls_ports = {lua([self.s2s_tls_port] if self.s2s_tls_port else [])}",
             "component_ports = { }",
             "http_ports = { }",
             "https_ports = { }",
@@ -175,6 +179,8 @@ class ProsodyProcess:
         self.port = self.port or free_port(self.interface)
         if self.s2s:
             self.s2s_port = self.s2s_port or free_port(self.interface)
+            if self.s2s_direct_tls:
+                self.s2s_tls_port = self.s2s_tls_port or free_port(self.interface)
         self.config_path.write_text(self.config(), encoding="utf-8")
         with (self.directory / "stdout.log").open("ab") as out:
             self.process = subprocess.Popen(
@@ -187,7 +193,7 @@ class ProsodyProcess:
             )
         _running.add(self)
         deadline = time.monotonic() + self.start_timeout
-        ports = [self.port] + ([self.s2s_port] if self.s2s else [])
+        ports = [p for p in (self.port, self.s2s_port, self.s2s_tls_port) if p]
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 break
