@@ -29,6 +29,10 @@ DEFAULT_PLUGINS = (
     "offline",
     "privacy",
     "blocking",
+    "caps",
+    "pep",
+    "vcard",
+    "private",
 )
 
 
