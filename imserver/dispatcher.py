@@ -85,6 +85,11 @@ HOOKS = frozenset(
         "privacy-changed",
         "user-deleted",
         "server-stopping",
+        # caps-known(session, new_nodes): a client's +notify interests grew (XEP-0115).
+        "caps-known",
+        # pep-published(owner, node, item) / pep-retracted(owner, node, ids): PEP changed.
+        "pep-published",
+        "pep-retracted",
     )
 )
 _IQ_TARGETS = frozenset(("host", "self", "bare", "preauth"))

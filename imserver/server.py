@@ -65,6 +65,10 @@ class Server:
         self.account_identities: set[tuple[str, str, str | None]] = {
             ("account", "registered", None)
         }
+        #: disco#info nodes the server answers with its own info (its XEP-0115 node#ver).
+        self.host_info_nodes: set[str] = set()
+        #: The PEP engine (L{imserver.pep.PepEngine}) when the pep plugin is loaded.
+        self.pep = None
         #: Stream features by stage: "preauth" (before SASL), "bound" (after it), and
         #: the inline features of SASL2's <authentication/> ("sasl2") and Bind2 ("bind2").
         self.stream_features: dict[str, list[FeatureFactory]] = {

@@ -152,6 +152,37 @@ privacy_default = Table(
     Column("name", String(PART_LENGTH), nullable=False),
 )
 
+pep_nodes = Table(
+    "pep_nodes",
+    metadata,
+    *_owner(),
+    Column("node", String(PART_LENGTH), primary_key=True),
+    #: The node configuration as JSON {field var: wire value}.
+    Column("config_json", Text, nullable=False),
+)
+
+pep_items = Table(
+    "pep_items",
+    metadata,
+    #: Increases with every insert: a node's items in publish order.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    *_owner(primary_key=False),
+    Column("node", String(PART_LENGTH), nullable=False),
+    Column("item_id", String(PART_LENGTH), nullable=False),
+    Column("payload", Text, nullable=False),
+    Index("ix_pep_items_owner", "host", "username", "node", "seq"),
+    sqlite_autoincrement=True,
+)
+
+#: XEP-0049 private XML and the XEP-0054 vCard: one XML document per (owner, key).
+documents = Table(
+    "documents",
+    metadata,
+    *_owner(),
+    Column("key", String(BARE_JID_LENGTH), primary_key=True),
+    Column("xml", Text, nullable=False),
+)
+
 fast_tokens = Table(
     "fast_tokens",
     metadata,
@@ -166,12 +197,8 @@ fast_tokens = Table(
     Index("ix_fast_tokens_client", "host", "username", "client"),
 )
 
-#: Tables that later steps create (the first step leaves them out).
-ADDED_LATER = (fast_tokens,)
-
-#: The tables every user's data lives in, children before parents, for deletion.
-USER_TABLES = (
-    fast_tokens,
+#: The tables of schema version 1, children before parents.
+_VERSION_1_TABLES = (
     credentials,
     roster_items,
     roster_pending_in,
@@ -181,6 +208,11 @@ USER_TABLES = (
     privacy_default,
     users,
 )
+#: Version 3: PEP and per-account documents.
+_PERSONAL_TABLES = (pep_nodes, pep_items, documents)
+
+#: The tables every user's data lives in, children before parents, for deletion.
+USER_TABLES = (fast_tokens, *_PERSONAL_TABLES, *_VERSION_1_TABLES)
 
 
 #: Version-1 tables that a later step changed, as version 1 created them.
@@ -201,8 +233,11 @@ def _create_initial_tables(connection: Connection) -> None:
     step keeps producing the schema the later steps expect.
     """
     changed = {table.name for table in _version_1.tables.values()}
-    tables = [t for t in USER_TABLES if t.name not in changed and t not in ADDED_LATER]
-    metadata.create_all(connection, tables=tables, checkfirst=False)
+    metadata.create_all(
+        connection,
+        tables=[t for t in _VERSION_1_TABLES if t.name not in changed],
+        checkfirst=False,
+    )
     _version_1.create_all(connection, checkfirst=False)
 
 
@@ -232,8 +267,13 @@ def _keep_subscription_requests(connection: Connection) -> None:
         )
 
 
+def _create_personal_tables(connection: Connection) -> None:
+    """Version 3: PEP nodes and items, private XML and vCards."""
+    metadata.create_all(connection, tables=list(_PERSONAL_TABLES), checkfirst=False)
+
+
 def _create_fast_tokens(connection: Connection) -> None:
-    """Version 3: hashed XEP-0484 FAST tokens, per account and client."""
+    """Version 4: hashed XEP-0484 FAST tokens, per account and client."""
     metadata.create_all(connection, tables=[fast_tokens], checkfirst=False)
 
 
@@ -243,6 +283,7 @@ Migration = Callable[[Connection], None]
 MIGRATIONS: list[Migration] = [
     _create_initial_tables,
     _keep_subscription_requests,
+    _create_personal_tables,
     _create_fast_tokens,
 ]
 

@@ -40,6 +40,7 @@ from imserver.interfaces import IFastTokenStore, IStore
 from imserver.privacy import PrivacyItem, PrivacySettings
 from imserver.roster import Roster, RosterItem
 from imserver.storage import schema
+from imserver.storage.personal import PersonalStore
 from imserver.storage.schema import (
     credentials,
     fast_tokens,
@@ -63,7 +64,7 @@ _WRITE_OPTION = "imserver_write"
 
 
 @implementer(IStore, IFastTokenStore)
-class SQLStore:
+class SQLStore(PersonalStore):
     """Every store of L{IStore} in one SQL database named by a SQLAlchemy URL."""
 
     def __init__(self, url: str, reactor: Any = None) -> None:
@@ -148,6 +149,10 @@ class SQLStore:
         if self._engine is None:
             raise StoreError("store is not started")
         return self._engine
+
+    def _write(self):
+        """One write transaction on this store's database (for the mixins)."""
+        return _writing(self._db)
 
     # -- users -----------------------------------------------------------------
 
