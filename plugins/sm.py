@@ -47,6 +47,7 @@ MOD = 2**32
 KEEP_REASONS = frozenset(("lost", "connection-timeout"))
 
 _R = f"<r xmlns='{NS_SM}'/>".encode()
+_A = f"<a xmlns='{NS_SM}' h='".encode()  # + h + "'/>": answered for every <r/>, built cheaply
 
 
 def _element(name: str, **attributes: str) -> domish.Element:
@@ -304,7 +305,7 @@ class StreamManagement:
         if acked is None:
             event.origin.stream.fail("unsupported-stanza-type", "stream management is not enabled")
         else:
-            _send(acked.inner, _element("a", h=str(acked.handled)))
+            acked.inner.send_bytes(b"%s%d'/>" % (_A, acked.handled))
         return True
 
     def take_ack(self, event) -> bool:
