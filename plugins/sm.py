@@ -2,7 +2,8 @@
 
 After <enable/>, the session's stream is wrapped in an L{AckedStream}: each
 stanza for the client is counted and kept, serialised once, until the client
-acknowledges it; the server asks with one <r/> at a time, after each burst.
+acknowledges it; the server asks with one <r/> at a time, once C{request_after}
+stanzas wait (at the end of the burst) or C{ack_delay} seconds after the first.
 The client's count is the session's C{stanzas_in}.
 
 When the connection drops or goes silent (not when the client closes its
@@ -111,6 +112,7 @@ class AckedStream:
         self.awaiting_ack = False
         self.overflowing = False
         self._ask = None
+        self._ask_soon = False
         self.timer = None
         self.secure = inner.secure
         self.peer_address = inner.peer_address
@@ -130,8 +132,8 @@ class AckedStream:
         self.queue.append(data)
         if self.inner is not None:
             self.inner.send_bytes(data)
-            if not self.awaiting_ack and self._ask is None:
-                self._ask = reactor.callLater(0, self.request_ack)
+            if not self.awaiting_ack:
+                self._plan_request()
         if len(self.queue) > self.manager.max_unacked and not self.overflowing:
             self.overflowing = True
             reactor.callLater(0, self.manager.overflowed, self)
@@ -168,17 +170,29 @@ class AckedStream:
         self.acked = h
         return True
 
+    def _plan_request(self) -> None:
+        """Ask for an ack once C{request_after} stanzas are unacknowledged (at the end
+        of this turn, so a burst costs one <r/>), or else after C{ack_delay} seconds."""
+        if len(self.queue) >= self.manager.request_after:
+            if not self._ask_soon:
+                if self._ask is not None:
+                    self._ask.cancel()
+                self._ask = reactor.callLater(0, self.request_ack)
+                self._ask_soon = True
+        elif self._ask is None:
+            self._ask = reactor.callLater(self.manager.ack_delay, self.request_ack)
+
     def request_ack(self) -> None:
         """Ask for an ack of everything sent so far; one <r/> in flight at a time."""
-        self._ask = None
+        self._ask, self._ask_soon = None, False
         if self.inner is not None and self.queue and not self.awaiting_ack:
             self.awaiting_ack = True
             self.inner.send_bytes(_R)
 
     def acknowledged(self) -> None:
         self.awaiting_ack = False
-        if self.queue and self.inner is not None and self._ask is None:
-            self._ask = reactor.callLater(0, self.request_ack)
+        if self.queue and self.inner is not None:
+            self._plan_request()
 
     # -- the transport -------------------------------------------------------
 
@@ -214,7 +228,7 @@ class AckedStream:
     def _cancel_ask(self) -> None:
         if self._ask is not None and self._ask.active():
             self._ask.cancel()
-        self._ask = None
+        self._ask, self._ask_soon = None, False
 
 
 def _transport(stream):
@@ -236,6 +250,10 @@ class StreamManagement:
         self.resume_timeout = options.positive_int("resume_timeout", 300)
         #: Unacknowledged stanzas kept per session before it is closed (and they re-routed).
         self.max_unacked = options.positive_int("max_unacked", 500)
+        #: The server asks for an ack (<r/>) once this many stanzas are unacknowledged...
+        self.request_after = options.positive_int("request_after", 5)
+        #: ...or when fewer have waited this many seconds.
+        self.ack_delay = options.number("ack_delay", 1.0)
         self.resumable: dict[str, AckedStream] = {}
         #: Re-deliveries still being stored (shutdown waits for them).
         self.pending: set[defer.Deferred] = set()
