@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -145,8 +146,46 @@ privacy_default = Table(
     Column("name", String(PART_LENGTH), nullable=False),
 )
 
-#: The tables every user's data lives in, children before parents, for deletion.
-USER_TABLES = (
+archive_messages = Table(
+    "archive_messages",
+    metadata,
+    #: Breaks ties between equal timestamps; never reused (XEP-0313 §7.2).
+    Column(
+        "id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    *_owner(primary_key=False),
+    #: The archive UID clients see (XEP-0313 result id, XEP-0359 stanza-id).
+    Column("archive_id", String(32), nullable=False),
+    #: Microseconds since the epoch when the server handled the message: the archive order.
+    Column("when_us", BigInteger, nullable=False),
+    #: The other party: the recipient of an outgoing message, the sender of an incoming one.
+    Column("with_bare", String(BARE_JID_LENGTH), nullable=False),
+    Column("with_resource", String(PART_LENGTH)),
+    #: The message as handled, serialised with its xmlns='jabber:client'.
+    Column("stanza", Text, nullable=False),
+    Index("ux_archive_messages_archive_id", "host", "username", "archive_id", unique=True),
+    Index("ix_archive_messages_owner_when", "host", "username", "when_us", "id"),
+    Index("ix_archive_messages_owner_with", "host", "username", "with_bare", "when_us", "id"),
+    #: Retention deletes by age across all users.
+    Index("ix_archive_messages_when", "when_us"),
+    sqlite_autoincrement=True,
+)
+
+archive_prefs = Table(
+    "archive_prefs",
+    metadata,
+    *_owner(),
+    Column("default_policy", String(8), nullable=False),
+    #: JSON arrays of bare JIDs.
+    Column("always_json", Text, nullable=False),
+    Column("never_json", Text, nullable=False),
+)
+
+#: The tables of schema version 1, as first released.
+VERSION_1_TABLES = (
     credentials,
     roster_items,
     roster_pending_in,
@@ -157,6 +196,9 @@ USER_TABLES = (
     users,
 )
 
+#: The tables every user's data lives in, children before parents, for deletion.
+USER_TABLES = (archive_messages, archive_prefs, *VERSION_1_TABLES)
+
 
 def _create_initial_tables(connection: Connection) -> None:
     """Version 1: every table as first released.
@@ -165,13 +207,18 @@ def _create_initial_tables(connection: Connection) -> None:
     alters one of them, give this step its own copy of the version-1 definition
     first, so that it keeps producing the version-1 schema the later step expects.
     """
-    metadata.create_all(connection, tables=list(USER_TABLES), checkfirst=False)
+    metadata.create_all(connection, tables=list(VERSION_1_TABLES), checkfirst=False)
+
+
+def _create_archive_tables(connection: Connection) -> None:
+    """The message archive (XEP-0313) and its per-user preferences."""
+    metadata.create_all(connection, tables=[archive_messages, archive_prefs], checkfirst=False)
 
 
 Migration = Callable[[Connection], None]
 
 #: Step N turns a version N-1 database into version N. Append, never edit.
-MIGRATIONS: list[Migration] = [_create_initial_tables]
+MIGRATIONS: list[Migration] = [_create_initial_tables, _create_archive_tables]
 
 
 def current_version(connection: Connection) -> int:
