@@ -54,6 +54,9 @@ class Server:
         #: Open connections per address, for the caps checked at accept.
         self.connections = ConnectionTally()
         self.disco_features: set[str] = set()
+        #: What a user's bare JID answers to disco#info (XEP-0030 on user@host): plugins add theirs.
+        self.account_features: set[str] = set()
+        self.account_identities: set[tuple[str, str]] = {("account", "registered")}
         self.stream_features: dict[str, list[FeatureFactory]] = {"preauth": [], "bound": []}
         self.ready: defer.Deferred = defer.Deferred()
         for iq_type in ("get", "set", "result", "error"):

@@ -40,8 +40,10 @@ class Disco:
     def account_info(self, event) -> bool:
         _no_node(event)
         info = DiscoInfo()
-        info.append(DiscoIdentity("account", "registered"))
-        info.append(DiscoFeature(NS_DISCO_INFO))
+        for category, type_ in sorted(self.server.account_identities):
+            info.append(DiscoIdentity(category, type_))
+        for namespace in sorted({NS_DISCO_INFO, *self.server.account_features}):
+            info.append(DiscoFeature(namespace))
         return event.answer(info.toElement())
 
     def items(self, event) -> bool:
