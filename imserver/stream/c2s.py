@@ -15,6 +15,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.protocols.jabber.error import StanzaError, StreamError
@@ -328,6 +329,10 @@ class C2SStream(xmlstream.XmlStream):
     # -- connection lifecycle ---------------------------------------------
 
     def connectionMade(self) -> None:
+        if ITCPTransport.providedBy(self.transport):
+            # Nagle would hold a small reply written right after a large one (a
+            # roster) until the client's delayed ACK: up to 40 ms on Linux.
+            self.transport.setTcpNoDelay(True)
         self.peer_address = getattr(self.transport.getPeer(), "host", "")
         loopback = is_loopback(self.peer_address)
         self.plaintext_allowed = loopback and self.server.settings.c2s.allow_plaintext_on_loopback
