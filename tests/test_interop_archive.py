@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from slixmpp import JID, ClientXMPP
+from slixmpp.exceptions import IqError
 from support.im import AccountPool
 from support.server import ServerProcess
 
@@ -233,11 +235,86 @@ async def archive_preferences(target: Target) -> None:
             await client.close()
 
 
+async def forged_stanza_id_dropped(target: Target) -> None:
+    """XEP-0359 §7: a <stanza-id/> claiming to be by the recipient's archive is removed."""
+    alice_account, bob_account = target.accounts(2)
+    alice = await Client(alice_account, "a").online(target)
+    bob = await Client(bob_account, "b").online(target)
+    try:
+        message = alice.make_message(mto=bob.boundjid.bare, mbody="forged", mtype="chat")
+        forged = ET.Element("{urn:xmpp:sid:0}stanza-id", {"by": bob.boundjid.bare, "id": "forged"})
+        message.xml.append(forged)
+        message.send()
+        got = await bob.next(bob.messages)
+        ids = [
+            e.get("id")
+            for e in got.xml.findall("{urn:xmpp:sid:0}stanza-id")
+            if e.get("by") == bob.boundjid.bare
+        ]
+        assert len(ids) == 1 and ids != ["forged"], ids
+    finally:
+        for client in (alice, bob):
+            await client.close()
+
+
+async def message_to_self_archived_once(target: Target) -> None:
+    """XEP-0313 §7.1.1: a message is stored once per archive, even one sent to oneself."""
+    (account,) = target.accounts(1)
+    alice = await Client(account, "a").online(target)
+    try:
+        await alice.chat(alice.boundjid.bare, "note to self")
+        assert (await alice.next(alice.messages))["body"] == "note to self"
+        found = [body_of_result(m) for m in await alice.archive(with_jid=JID(account[0]))]
+        assert found == ["note to self"], found
+    finally:
+        await alice.close()
+
+
+async def with_full_jid_is_exact(target: Target) -> None:
+    """XEP-0313 §4.1.1: only a bare 'with' also matches the JID's resources."""
+    alice_account, bob_account = target.accounts(2)
+    alice = await Client(alice_account, "desk").online(target)
+    bob = await Client(bob_account, "b").online(target)
+    try:
+        await bob.chat(alice.boundjid.full, "to the desk")
+        assert (await alice.next(alice.messages))["body"] == "to the desk"
+        desk = await bob.archive(with_jid=alice.boundjid)
+        other = await bob.archive(with_jid=JID(f"{alice_account[0]}/elsewhere"))
+        assert [body_of_result(m) for m in desk] == ["to the desk"]
+        assert other == [], [body_of_result(m) for m in other]
+    finally:
+        for client in (alice, bob):
+            await client.close()
+
+
+async def unknown_field_refused(target: Target) -> None:
+    """XEP-0313 §4.1.5: a form field the server does not know gets feature-not-implemented."""
+    (account,) = target.accounts(1)
+    alice = await Client(account, "a").online(target)
+    try:
+        iq = alice.make_iq_set()
+        iq["mam"]["queryid"] = "q1"
+        iq["mam"]["with"] = JID(account[0])  # slixmpp builds its submit form for this
+        iq["mam"]["form"].add_field(var="urn:example:unknown", ftype="text-single", value="x")
+        try:
+            await asyncio.wait_for(iq.send(), STEP)
+        except IqError as e:
+            assert e.iq["error"]["condition"] == "feature-not-implemented", e.iq
+        else:
+            raise AssertionError("the unknown field was accepted")
+    finally:
+        await alice.close()
+
+
 SCENARIOS: dict[str, Callable[[Target], Coroutine[Any, Any, None]]] = {
     "carbons_two_devices": carbons_two_devices,
     "archive_paging": archive_paging,
     "offline_and_archive_agree": offline_and_archive_agree,
     "archive_preferences": archive_preferences,
+    "forged_stanza_id_dropped": forged_stanza_id_dropped,
+    "message_to_self_archived_once": message_to_self_archived_once,
+    "with_full_jid_is_exact": with_full_jid_is_exact,
+    "unknown_field_refused": unknown_field_refused,
 }
 
 
