@@ -26,8 +26,8 @@ from zope.interface import implementer
 
 from imserver.archive import NS_HINTS
 from imserver.interfaces import IFeature
-from imserver.router import readdressed
 from imserver.serialize import stanza_bytes
+from imserver.stanzas import readdressed
 
 NS_CARBONS = "urn:xmpp:carbons:2"
 NS_CARBONS_RULES = "urn:xmpp:carbons:rules:0"
@@ -145,13 +145,16 @@ class Carbons:
     def received_full(self, event) -> bool:
         """A message for one resource: copies for the others.
 
-        When that resource is gone, chat and normal messages are routed again
-        as if to the bare JID, and copied there.
+        When that resource is gone, delivery treats chat and normal messages
+        as sent to the bare JID (RFC 6121 §8.5.3.2.1), and so do the copies.
         """
-        target = self.sessions.get(event.to.userhost(), event.to.resource)
+        bare = event.to.userhost()
+        target = self.sessions.get(bare, event.to.resource)
         if target is not None:
-            self._received(event, event.to.userhost(), [target])
-        elif event.type not in ("chat", "normal"):
+            self._received(event, bare, [target])
+        elif event.type in ("chat", "normal"):
+            self._received(event, bare, self.router.message_recipients(bare, event.type))
+        else:
             remove_private(event.stanza)
         return False
 

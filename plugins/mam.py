@@ -12,8 +12,9 @@ keeps and the user's preferences allow is stored once in that user's archive:
   offline storage carries the id it has in the archive.
 
 A decision that needs the store (preferences of a user who is not online, a
-roster for the 'roster' policy) makes the handler wait, then run the phase
-again; the decision is remembered per stanza so each copy is archived once.
+roster for the 'roster' policy) makes the handler wait (holding the sender's
+stream), then run the stage again; the decision is remembered per stanza, so
+each copy is archived once.
 
 Writes are batched: records queue in memory and go to the store in one
 transaction per reactor turn, in order; a query first waits for the records
@@ -172,17 +173,14 @@ class Mam:
             interval = min(3600.0, max(1.0, self.expire_after / 4))
             server.when_ready().addCallback(lambda _: self._expiry.start(interval))
 
-    def _read_options(self, options: dict[str, Any]) -> None:
-        policy = options.get("default_policy", "always")
+    def _read_options(self, options) -> None:
+        policy = options.str("default_policy", "always")
         if policy not in POLICIES:
             raise ConfigError(f"plugin.mam.default_policy: must be one of {', '.join(POLICIES)}")
         self.default_prefs = ArchivePrefs(policy)
-        self.default_page = _positive(options, "default_page", 20)
-        self.max_page = _positive(options, "max_page", 50)
-        days = options.get("expire_after_days", 0)
-        if isinstance(days, bool) or not isinstance(days, int | float) or days < 0:
-            raise ConfigError("plugin.mam.expire_after_days: must be a number >= 0")
-        self.expire_after = days * DAY
+        self.default_page = options.positive_int("default_page", 20)
+        self.max_page = options.positive_int("max_page", 50)
+        self.expire_after = options.number("expire_after_days", 0) * DAY
 
     # -- archiving ----------------------------------------------------------------
 
@@ -243,8 +241,8 @@ class Mam:
         seen.owners[owner] = keep
         if rerun_out:
             key = ("out", "message", event.type)
-            return self.dispatcher.run(key, event, then=self.dispatcher.route)
-        return self.dispatcher.route(event)
+            return self.dispatcher.run(key, event, then=self.server.router.route)
+        return self.dispatcher.inbound(event)
 
     def _decide(self, user: str, host: str, with_bare: str) -> bool | defer.Deferred:
         """Whether user@host keeps messages with C{with_bare}: now, or once the store answered."""
@@ -417,13 +415,6 @@ class Mam:
 def _forbidden(event) -> bool:
     """Another user's archive is theirs alone (XEP-0313 §9.1)."""
     raise StanzaError("forbidden")
-
-
-def _positive(options: dict[str, Any], name: str, default: int) -> int:
-    value = options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"plugin.mam.{name}: must be a whole number > 0")
-    return value
 
 
 def _waiting(d: defer.Deferred) -> defer.Deferred:
