@@ -5,12 +5,17 @@ slixmpp (an independent implementation) drives XEP-0280 (xep_0280), XEP-0313
 ids (xep_0359) and XEP-0334 hints (xep_0334). Every scenario takes a
 L{Target} (address, port, domain, a way to make accounts) so the same code
 runs against imserver and, as the differential oracle, Prosody 0.12.
+
+Where Prosody 0.12.3 departs from the XEPs, its test is a strict xfail that
+names the rule (PROSODY_DIFFERS); imserver follows the XEP in each case.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
 import ssl
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Coroutine
@@ -21,9 +26,12 @@ import pytest
 from slixmpp import JID, ClientXMPP
 from slixmpp.exceptions import IqError
 from support.im import AccountPool
+from support.prosody import DEFAULT_MODULES, ProsodyProcess
 from support.server import ServerProcess
+from support.tools import needs
 
-from imserver.config import DEFAULT_PLUGINS
+from imserver import tls
+from imserver.config import DEFAULT_PLUGINS, TLSSettings
 
 STEP = 10.0  # seconds any single step may take
 Account = tuple[str, str]
@@ -343,3 +351,59 @@ def imserver_target(server: ServerProcess) -> Target:
 def test_imserver(imserver_target: Target, scenario: str) -> None:
     logging.getLogger("slixmpp").setLevel(logging.ERROR)
     asyncio.run(asyncio.wait_for(SCENARIOS[scenario](imserver_target), 90))
+
+
+@pytest.fixture(scope="module")
+def prosody_target(tmp_path_factory: pytest.TempPathFactory):
+    """Prosody 0.12 with its own mod_carbons, mod_mam (XEP-0441 prefs inside) and mod_offline."""
+    directory = tmp_path_factory.mktemp("prosody")
+    certificate = (directory / "localhost.crt", directory / "localhost.key")
+    tls.ensure_certificate(TLSSettings(*certificate), ("localhost",))  # for its STARTTLS
+    process = ProsodyProcess(
+        directory,
+        certificate=certificate,
+        modules_enabled=[*DEFAULT_MODULES, "carbons", "mam", "offline"],
+        options={"archive_expires_after": "never", "default_archive_policy": True},
+    )
+    process.start()
+    serial = itertools.count()
+
+    def accounts(count: int) -> list[Account]:
+        made = []
+        for _ in range(count):
+            account = (f"p{next(serial)}x{secrets.token_hex(3)}@{process.host}", "pw-secret")
+            process.register(*account)
+            made.append(account)
+        return made
+
+    try:
+        yield Target("prosody", process.interface, process.port, accounts)
+    finally:
+        process.stop()
+
+
+#: Where Prosody 0.12.3 does not do what the XEP says (seen in these scenarios).
+PROSODY_DIFFERS = {
+    "forged_stanza_id_dropped": "mod_mam strips the forged id into event.stanza, then archives"
+    " and delivers a clone of the unstripped stanza: the forged id reaches the recipient",
+    "message_to_self_archived_once": "archived twice, once as sent and once as received",
+    "with_full_jid_is_exact": "mod_mam reduces 'with' to the bare JID, so a full JID matches"
+    " every resource",
+    "unknown_field_refused": "util.dataforms ignores unknown fields; the query runs",
+}
+
+
+@needs("prosody")
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=PROSODY_DIFFERS[name]))
+        if name in PROSODY_DIFFERS
+        else name
+        for name in SCENARIOS
+    ],
+)
+def test_prosody(prosody_target: Target, scenario: str) -> None:
+    """The same scenarios against Prosody 0.12: the reference the issue names."""
+    logging.getLogger("slixmpp").setLevel(logging.ERROR)
+    asyncio.run(asyncio.wait_for(SCENARIOS[scenario](prosody_target), 90))
