@@ -201,8 +201,6 @@ class Mam:
 
     def incoming(self, event):
         """Archive a message for a local recipient and tell them its id (stanza-id)."""
-        if event.to.user is None:
-            return False
         seen = self._seen.get(event.stanza)
         if seen is None or not isinstance(seen.owners.get(event.to.userhost()), str):
             strip_stanza_ids(event.stanza, event.to.userhost())  # forged: not ours
