@@ -1,13 +1,16 @@
-"""The archive's and carbons' pure rules, in memory: what is kept, copied, parsed."""
+"""The archive's and carbons' pure rules, in memory: what is kept, copied, parsed, written."""
 
 from __future__ import annotations
 
 import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.words.protocols.jabber.error import StanzaError
 
 from imserver.archive import (
     ArchiveClock,
     ArchivePrefs,
+    ArchiveRecord,
     parse_prefs,
     parse_query,
     should_archive,
@@ -16,6 +19,7 @@ from imserver.archive import (
 )
 from imserver.stream.parser import parse_stanza
 from plugins.carbons import eligible, remove_private
+from plugins.mam import ArchiveWriter
 
 MAM = "urn:xmpp:mam:2"
 RSM = "http://jabber.org/protocol/rsm"
@@ -173,3 +177,41 @@ def test_remove_private() -> None:
     stanza = message("<body>x</body><private xmlns='urn:xmpp:carbons:2'/>", type="chat")
     remove_private(stanza)
     assert [c.name for c in stanza.elements()] == ["body"]
+
+
+class FakeStore:
+    """Records each append_archive batch; the test fires each write when it likes."""
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+        self.pending: list = []
+
+    def append_archive(self, records):
+        self.batches.append([r.archive_id for r in records])
+        d = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+
+def record(archive_id: str) -> ArchiveRecord:
+    return ArchiveRecord("u", "x", archive_id, 1, "v@x", "<message/>")
+
+
+def test_writer_batches_per_turn_in_order_and_flushed_waits() -> None:
+    store, clock = FakeStore(), Clock()
+    writer = ArchiveWriter(store, clock)
+    assert writer.flushed().called, "nothing queued: flushed at once"
+    writer.add(record("a"))
+    writer.add(record("b"))
+    first = writer.flushed()
+    clock.advance(0)
+    assert store.batches == [["a", "b"]] and not first.called
+    writer.add(record("c"))  # queued while the first batch is being written
+    second = writer.flushed()
+    clock.advance(0)
+    assert store.batches == [["a", "b"]], "one batch at a time"
+    store.pending[0].callback(None)
+    assert first.called and not second.called
+    assert store.batches == [["a", "b"], ["c"]]
+    store.pending[1].errback(RuntimeError("disk full"))  # logged, not raised
+    assert second.called
