@@ -8,7 +8,8 @@ here is plain data and functions, so it is tested in memory.
 
 from __future__ import annotations
 
-import secrets
+import base64
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,29 +71,49 @@ def should_archive(stanza: domish.Element) -> bool:
 # -- stanza ids (XEP-0359) ---------------------------------------------------------
 
 
-def new_archive_id() -> str:
-    """An archive UID: unpredictable and never reused (XEP-0313 §3; 96 random bits)."""
-    return secrets.token_urlsafe(12)
+class ArchiveIds:
+    """Archive UIDs: unpredictable and never reused (XEP-0313 §3), 96 random bits each.
+
+    Random bytes come from the OS in blocks: one getrandom() call per message
+    showed up in profiles of the archive's hot path.
+    """
+
+    BLOCK = 12 * 1024
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._offset = 0
+
+    def __call__(self) -> str:
+        if self._offset >= len(self._pool):
+            self._pool, self._offset = os.urandom(self.BLOCK), 0
+        chunk = self._pool[self._offset : self._offset + 12]
+        self._offset += 12
+        return base64.urlsafe_b64encode(chunk).decode("ascii")
 
 
-def strip_stanza_ids(stanza: domish.Element, by: str) -> None:
-    """Remove every <stanza-id/> claiming to be from archive C{by} (XEP-0359 §7).
+def strip_stanza_ids(stanza: domish.Element, *archives: str) -> None:
+    """Remove every <stanza-id/> claiming to be from one of C{archives} (XEP-0359 §7).
 
-    Only the server that owns the archive may say what is in it; anything a
-    sender put there is a forgery.
+    Only the server that owns an archive may say what is in it; anything a
+    sender put there is a forgery. Most messages have no stanza-id at all,
+    and that is found in one pass.
     """
     children = stanza.children
-    if not any(_is_stanza_id(c, by) for c in children):
+    for child in children:
+        if getattr(child, "name", None) == "stanza-id":
+            break
+    else:
         return
-    stanza.children = [c for c in children if not _is_stanza_id(c, by)]
+    stanza.children = [c for c in children if not _is_stanza_id(c, archives)]
 
 
-def _is_stanza_id(child: object, by: str) -> bool:
+def _is_stanza_id(child: object, archives: tuple[str, ...]) -> bool:
     return (
         isinstance(child, domish.Element)
         and child.name == "stanza-id"
         and child.uri == NS_SID
-        and child.getAttribute("by") == by
+        and child.getAttribute("by") in archives
     )
 
 

@@ -45,10 +45,10 @@ from imserver.archive import (
     NS_SID,
     POLICIES,
     ArchiveClock,
+    ArchiveIds,
     ArchivePrefs,
     ArchiveRecord,
     UnknownArchiveId,
-    new_archive_id,
     parse_prefs,
     parse_query,
     query_form,
@@ -151,6 +151,7 @@ class Mam:
         self.dispatcher = server.dispatcher
         self._read_options(server.options(self.name))
         self.clock = ArchiveClock()
+        self.new_id = ArchiveIds()
         self.writer = ArchiveWriter(server.store)
         #: Preferences of users with a session; others are read when needed.
         self._prefs: dict[tuple[str, str], ArchivePrefs | defer.Deferred] = {}
@@ -188,9 +189,7 @@ class Mam:
         """Archive a local user's message in their own archive (the 'sent' side)."""
         sender = event.sender.userhost()
         stanza = event.stanza
-        strip_stanza_ids(stanza, sender)
-        if event.to.host in self.server.hosts:
-            strip_stanza_ids(stanza, event.to.userhost())
+        strip_stanza_ids(stanza, sender, event.to.userhost())
         if event.to.userhost() == sender:
             return False  # to oneself: archived once, as received
         return self._archive(event, event.sender.user, event.sender.host, event.to, rerun_out=True)
@@ -226,7 +225,7 @@ class Mam:
             seen = self._seen[stanza] = _Seen()
         if seen.xml is None:
             seen.xml = stanza_bytes(stanza, "").decode("utf-8")
-        archive_id = new_archive_id()
+        archive_id = self.new_id()
         self.writer.add(ArchiveRecord(user, host, archive_id, self.clock(), other.full(), seen.xml))
         seen.owners[owner] = archive_id
         stanza.addChild(stanza_id_element(archive_id, owner))

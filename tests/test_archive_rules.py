@@ -9,6 +9,7 @@ from twisted.words.protocols.jabber.error import StanzaError
 
 from imserver.archive import (
     ArchiveClock,
+    ArchiveIds,
     ArchivePrefs,
     ArchiveRecord,
     parse_prefs,
@@ -215,3 +216,10 @@ def test_writer_batches_per_turn_in_order_and_flushed_waits() -> None:
     assert store.batches == [["a", "b"], ["c"]]
     store.pending[1].errback(RuntimeError("disk full"))  # logged, not raised
     assert second.called
+
+
+def test_archive_ids_are_unique_and_urlsafe() -> None:
+    new_id = ArchiveIds()
+    ids = [new_id() for _ in range(3 * ArchiveIds.BLOCK // 12)]  # across three refills
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 16 and "=" not in i and "/" not in i and "+" not in i for i in ids)
