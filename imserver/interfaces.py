@@ -169,6 +169,9 @@ class IArchiveStore(Interface):
         """Delete every user's messages archived before C{before} (microseconds); fire with
         how many."""
 
+    def delete_archive(user, host):
+        """Remove the user's archive and preferences (the account is gone)."""
+
     def get_archive_prefs(user, host):
         """Fire with the user's L{imserver.archive.ArchivePrefs}, or None when never set."""
 

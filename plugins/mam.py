@@ -169,6 +169,7 @@ class Mam:
             dispatcher.on(("iq", type_, NS_MAM, "bare"), _forbidden)
         dispatcher.hook("session-bound", self._session_bound)
         dispatcher.hook("user-offline", self._user_offline)
+        dispatcher.hook("user-deleted", self._user_deleted)
         if self.expire_after:
             self._expiry = task.LoopingCall(self.expire)
             interval = min(3600.0, max(1.0, self.expire_after / 4))
@@ -295,6 +296,13 @@ class Mam:
 
     def _user_offline(self, user: str, host: str) -> None:
         self._prefs.pop((user, host), None)
+
+    def _user_deleted(self, user: str, host: str, _roster) -> defer.Deferred:
+        """The store deleted the archive with the account; copies queued since go too."""
+        self._prefs.pop((user, host), None)
+        d = self.writer.flushed()
+        d.addCallback(lambda _: self.store.delete_archive(user, host))
+        return d
 
     def expire(self) -> defer.Deferred:
         """Delete what is older than expire_after_days, for every user."""

@@ -412,3 +412,21 @@ def test_nothing_lost_when_query_follows_messages(
     for n in range(30):
         chat(alice, bob.bare, str(n))
     assert query(alice).bodies == [str(n) for n in range(20)]
+
+
+def test_removed_account_takes_its_archive(make_server, make_client: MakeClient) -> None:
+    """XEP-0077 removal deletes the archive; a new account of that name starts empty."""
+    server = make_server(server={"plugins": [*PLUGINS, "register"], "allow_registration": True})
+    alice_account, bob_account = AccountPool(server, batch=2).take(2)
+    alice = online(make_client, alice_account, target=server)
+    bob = online(make_client, bob_account, target=server)
+    chat(alice, bob.bare, "before")
+    bob.expect(body_is("before"))
+    assert query(alice).bodies == ["before"]
+    answer = alice.iq("<iq type='set'><query xmlns='jabber:iq:register'><remove/></query></iq>")
+    assert answer.get("type") == "result", to_text(answer)
+    created = server.adduser(*alice_account)
+    assert created.returncode == 0, created.stderr
+    again = online(make_client, alice_account, target=server)
+    assert query(again).bodies == []
+    assert query(bob).bodies == ["before"], "bob's archive is bob's"

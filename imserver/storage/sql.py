@@ -429,6 +429,9 @@ class SQLStore:
     def expire_archive(self, before: int) -> Deferred[int]:
         return self._run(self._expire_archive, before)
 
+    def delete_archive(self, user: str, host: str) -> Deferred[None]:
+        return self._run(self._delete_archive, user, host)
+
     def get_archive_prefs(self, user: str, host: str) -> Deferred[ArchivePrefs | None]:
         return self._run(self._get_archive_prefs, user, host)
 
@@ -512,6 +515,11 @@ class SQLStore:
                 delete(archive_messages).where(archive_messages.c.when_us < before)
             )
         return result.rowcount
+
+    def _delete_archive(self, user: str, host: str) -> None:
+        with _writing(self._db) as conn:
+            for table in (archive_messages, archive_prefs):
+                conn.execute(delete(table).where(_owned(table, user, host)))
 
     def _get_archive_prefs(self, user: str, host: str) -> ArchivePrefs | None:
         with self._db.connect() as conn:
