@@ -63,7 +63,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         self.restarts = 0
         self.failures = 0
         self.mechanism = None
-        self.offered: list[str] = []
+        self.offer = sasl.Offer((), {})
         self.busy = False
 
     @property
@@ -113,19 +113,27 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
                 if not self.xs.plaintext_allowed:
                     starttls.addElement("required")
             if self.xs.secure or self.xs.plaintext_allowed:
-                self.offered = sasl.offered_mechanisms(self.xs.secure, True)
+                self.offer = sasl.make_offer(True, self._channel_bindings())
                 mechanisms = features.addElement((NS_SASL, "mechanisms"))
-                for name in self.offered:
+                for name in self.offer.mechanisms:
                     mechanisms.addElement("mechanism", content=name)
-                if self.xs.secure:
+                if self.offer.bindings:
                     bindings = features.addElement((NS_SASL_CB, "sasl-channel-binding"))
-                    for cb_type in sasl.CHANNEL_BINDINGS:
+                    for cb_type in self.offer.bindings:
                         bindings.addElement("channel-binding")["type"] = cb_type
                 self._add_plugin_features(features, "preauth")
         else:
             features.addElement((NS_BIND, "bind"))
             self._add_plugin_features(features, "bound")
         return features
+
+    def _channel_bindings(self) -> dict[str, bytes]:
+        """What SCRAM-*-PLUS can bind to on this stream: nothing without TLS."""
+        if not self.xs.secure or self.server.tls is None:
+            return {}
+        return sasl.channel_bindings(
+            self.xs.transport.getHandle(), self.server.tls.server_end_point
+        )
 
     def _add_plugin_features(self, features: domish.Element, stage: str) -> None:
         for factory in self.server.stream_features[stage]:
@@ -184,13 +192,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if element.name == "auth":
             try:
                 self.mechanism = sasl.make_mechanism(
-                    element.getAttribute("mechanism", ""),
-                    self._lookup,
-                    self.host,
-                    ("tls-server-end-point", self.server.tls.server_end_point)
-                    if xs.secure and self.server.tls is not None
-                    else None,
-                    self.offered,
+                    element.getAttribute("mechanism", ""), self._lookup, self.host, self.offer
                 )
             except sasl.SASLFailure as failure:
                 return self.sasl_failure(failure)
