@@ -21,12 +21,16 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    bindparam,
     create_engine,
     delete,
     event,
     func,
+    literal,
     make_url,
+    null,
     select,
+    union_all,
 )
 from sqlalchemy.exc import SQLAlchemyError
 from twisted.internet.defer import Deferred, fail, succeed
@@ -59,6 +63,50 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 DELETE_CHUNK = 500
 #: Execution option marking a write transaction (SQLite then takes the write lock at BEGIN).
 _WRITE_OPTION = "imserver_write"
+#: Execution option for one lone SELECT: no BEGIN, as a single statement is consistent alone.
+_SINGLE_OPTION = "imserver_single"
+
+
+def _user_rows(table: Table) -> ColumnElement[bool]:
+    """The rows of C{table} owned by the bound parameters 'user' and 'host'."""
+    return (table.c.host == bindparam("host")) & (table.c.username == bindparam("user"))
+
+
+# The reads of every login, built once so SQLAlchemy compiles each only once.
+_CREDENTIALS = select(
+    credentials.c.mechanism,
+    credentials.c.salt,
+    credentials.c.stored_key,
+    credentials.c.server_key,
+    credentials.c.iterations,
+).where(_user_rows(credentials))
+#: The whole roster in one statement: 'kind' 0 is the version, 1 an item, 2 a pending request.
+_ROSTER = union_all(
+    select(
+        literal(0).label("kind"),
+        null().label("contact"),
+        null().label("name"),
+        null().label("subscription"),
+        null().label("ask"),
+        null().label("approved"),
+        null().label("groups"),
+        roster_versions.c.version,
+    ).where(_user_rows(roster_versions)),
+    select(
+        literal(1),
+        roster_items.c.contact,
+        roster_items.c.name,
+        roster_items.c.subscription,
+        roster_items.c.ask,
+        roster_items.c.approved,
+        roster_items.c.groups,
+        null(),
+    ).where(_user_rows(roster_items)),
+    select(
+        literal(2), roster_pending_in.c.contact, null(), null(), null(), null(), null(), null()
+    ).where(_user_rows(roster_pending_in)),
+)
+_ANY_OFFLINE = select(offline_messages.c.id).where(_user_rows(offline_messages)).limit(1)
 
 
 @implementer(IStore)
@@ -142,6 +190,11 @@ class SQLStore:
             return fail(StoreError("store is not started"))
         return deferToThreadPool(self._reactor, self._pool, _guarded, fn, *args)
 
+    def _read_one(self, statement, user: str, host: str) -> list:
+        """The rows of one prepared SELECT about user@host, run alone (no BEGIN on SQLite)."""
+        with self._db.connect().execution_options(**{_SINGLE_OPTION: True}) as conn:
+            return conn.execute(statement, {"user": user, "host": host}).all()
+
     @property
     def _db(self) -> Engine:
         if self._engine is None:
@@ -175,8 +228,7 @@ class SQLStore:
             _insert_credentials(conn, user, host, creds)
 
     def _get_credentials(self, user: str, host: str) -> Credentials | None:
-        with self._db.connect() as conn:
-            rows = conn.execute(select(credentials).where(_owned(credentials, user, host))).all()
+        rows = self._read_one(_CREDENTIALS, user, host)
         if not rows:
             return None
         return Credentials(
@@ -222,26 +274,23 @@ class SQLStore:
         return self._run(self._write_roster, user, host, version, items, pending_in)
 
     def _get_roster(self, user: str, host: str) -> Roster:
-        with self._db.connect() as conn:
-            version = conn.execute(
-                select(roster_versions.c.version).where(_owned(roster_versions, user, host))
-            ).scalar_one_or_none()
-            item_rows = conn.execute(
-                select(roster_items).where(_owned(roster_items, user, host))
-            ).all()
-            pending = conn.execute(
-                select(roster_pending_in.c.contact).where(_owned(roster_pending_in, user, host))
-            ).scalars()
-            roster = Roster(version=version or 0, pending_in=set(pending))
-        for row in item_rows:
-            roster.items[row.contact] = RosterItem(
-                jid=row.contact,
-                name=row.name,
-                subscription=row.subscription,
-                ask=bool(row.ask),
-                approved=bool(row.approved),
-                groups=tuple(json.loads(row.groups)),
-            )
+        roster = Roster()
+        for kind, contact, name, subscription, ask, approved, groups, version in self._read_one(
+            _ROSTER, user, host
+        ):
+            if kind == 1:
+                roster.items[contact] = RosterItem(
+                    jid=contact,
+                    name=name,
+                    subscription=subscription,
+                    ask=bool(ask),
+                    approved=bool(approved),
+                    groups=() if groups == "[]" else tuple(json.loads(groups)),
+                )
+            elif kind == 2:
+                roster.pending_in.add(contact)
+            else:
+                roster.version = version
         return roster
 
     def _write_roster(
@@ -318,11 +367,7 @@ class SQLStore:
 
     def _pop_offline(self, user: str, host: str) -> list[str]:
         # Nearly every login finds nothing: look first, without a write transaction.
-        with self._db.connect() as conn:
-            waiting = conn.execute(
-                select(offline_messages.c.id).where(_owned(offline_messages, user, host)).limit(1)
-            ).first()
-        if waiting is None:
+        if not self._read_one(_ANY_OFFLINE, user, host):
             return []
         with _writing(self._db) as conn:
             rows = conn.execute(
@@ -430,8 +475,10 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(conn):
-        write = conn.get_execution_options().get(_WRITE_OPTION, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get(_SINGLE_OPTION, False):
+            return  # one statement: SQLite runs it in a transaction of its own
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE_OPTION, False) else "BEGIN")
 
 
 def _owned(table: Table, user: str, host: str) -> ColumnElement[bool]:
