@@ -12,6 +12,7 @@ import base64
 import binascii
 import secrets
 from collections import deque
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer, protocol, reactor, task
@@ -21,7 +22,7 @@ from twisted.words.protocols.jabber.error import StanzaError, StreamError
 from twisted.words.protocols.jabber.xmpp_stringprep import nameprep, resourceprep
 from twisted.words.xish import domish
 
-from imserver.jid import JID
+from imserver.jid import prepared_jid
 from imserver.serialize import stanza_bytes
 from imserver.session import Session
 from imserver.stream import sasl
@@ -86,14 +87,17 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         to = rootElement.getAttribute("to")
         if not to:
             return xs.fail("host-unknown", "the stream header needs a 'to'")
-        try:
-            host = nameprep.prepare(to)
-        except UnicodeError:
-            return xs.fail("host-unknown")
+        if to in self.server.hosts:
+            host = to  # served hosts are stored prepared: nothing to prepare again
+        else:
+            try:
+                host = nameprep.prepare(to)
+            except UnicodeError:
+                return xs.fail("host-unknown")
         if host not in self.server.hosts or (self.host is not None and host != self.host):
             return xs.fail("host-unknown", f"{to} is not served here")
         self.host = host
-        xs.thisEntity = JID(host)
+        xs.thisEntity = prepared_jid(None, host, None)
         version = rootElement.getAttribute("version", "0.0")
         try:
             major = int(version.split(".")[0])
@@ -105,27 +109,25 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         xs.sendHeader()
         xs.send(self.features())
 
-    def features(self) -> domish.Element:
-        features = domish.Element((NS_STREAMS, "features"))
+    def features(self) -> bytes:
+        """<stream:features/>: our own part is built once per kind of stream, plugins' each time."""
+        xs = self.xs
         if self.username is None:
-            if not self.xs.secure and self.server.tls is not None:
-                starttls = features.addElement((NS_TLS, "starttls"))
-                if not self.xs.plaintext_allowed:
-                    starttls.addElement("required")
-            if self.xs.secure or self.xs.plaintext_allowed:
-                self.offer = sasl.make_offer(True, self._channel_bindings())
-                mechanisms = features.addElement((NS_SASL, "mechanisms"))
-                for name in self.offer.mechanisms:
-                    mechanisms.addElement("mechanism", content=name)
-                if self.offer.bindings:
-                    bindings = features.addElement((NS_SASL_CB, "sasl-channel-binding"))
-                    for cb_type in self.offer.bindings:
-                        bindings.addElement("channel-binding")["type"] = cb_type
-                self._add_plugin_features(features, "preauth")
+            starttls = not xs.secure and self.server.tls is not None
+            if not (xs.secure or xs.plaintext_allowed):
+                return _features(_preauth_features(starttls, True, None, ()), ())
+            self.offer = sasl.make_offer(True, self._channel_bindings())
+            fixed = _preauth_features(
+                starttls,
+                not xs.plaintext_allowed,
+                self.offer.mechanisms,
+                tuple(self.offer.bindings),
+            )
+            stage = "preauth"
         else:
-            features.addElement((NS_BIND, "bind"))
-            self._add_plugin_features(features, "bound")
-        return features
+            fixed, stage = _BIND_FEATURE, "bound"
+        plugins = (factory(xs) for factory in self.server.stream_features[stage])
+        return _features(fixed, [element.toXml() for element in plugins if element is not None])
 
     def _channel_bindings(self) -> dict[str, bytes]:
         """What SCRAM-*-PLUS can bind to on this stream: nothing without TLS."""
@@ -134,12 +136,6 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         return sasl.channel_bindings(
             self.xs.transport.getHandle(), self.server.tls.server_end_point
         )
-
-    def _add_plugin_features(self, features: domish.Element, stage: str) -> None:
-        for factory in self.server.stream_features[stage]:
-            element = factory(self.xs)
-            if element is not None:
-                features.addChild(element)
 
     # -- negotiation -------------------------------------------------------
 
@@ -225,7 +221,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if xs.transport is None or xs.closed:
             return
         if isinstance(result, sasl.Challenge):
-            xs.send(_sasl_element("challenge", result.data))
+            xs.send(_sasl_bytes("challenge", result.data))
             return
         self.mechanism = None
         self.username = result.username
@@ -236,7 +232,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             user=self.username,
             host=self.host,
         )
-        xs.send(_sasl_element("success", result.data))
+        xs.send(_sasl_bytes("success", result.data))
         xs.authenticated()
         xs.reset()
 
@@ -279,7 +275,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             return xs.send(StanzaError("bad-request", text="invalid resource").toResponse(iq))
         if not resource:
             resource = secrets.token_hex(6)
-        jid = JID(tuple=(self.username, self.host, resource))
+        jid = prepared_jid(self.username, self.host, resource)
         previous = self.server.sessions.get(jid.userhost(), resource)
         if previous is not None:
             previous.stream.fail("conflict", "replaced by a new session")
@@ -341,7 +337,6 @@ class C2SStream(xmlstream.XmlStream):
         self._timeout = reactor.callLater(
             self.server.limits.unauthenticated_timeout, self.fail, "connection-timeout"
         )
-        log.info("c2s connection from {peer}", peer=self.peer_address)
         super().connectionMade()
 
     def authenticated(self) -> None:
@@ -366,7 +361,11 @@ class C2SStream(xmlstream.XmlStream):
         session, self.session = self.session, None
         if session is not None:
             self.server.unbind(session)
-        log.info("c2s connection from {peer} closed", peer=self.peer_address)
+        log.info(
+            "c2s connection from {peer} ({user}) closed",
+            peer=self.peer_address,
+            user=self.authenticator.username or "not authenticated",
+        )
         super().connectionLost(reason)
         self.lost.callback(None)
 
@@ -560,11 +559,39 @@ def _decode_sasl(element: domish.Element) -> bytes | None:
         raise sasl.SASLFailure("incorrect-encoding") from None
 
 
-def _sasl_element(name: str, data: bytes | None) -> domish.Element:
-    element = domish.Element((NS_SASL, name))
-    if data:
-        element.addContent(base64.b64encode(data).decode("ascii"))
-    return element
+def _sasl_bytes(name: str, data: bytes | None) -> bytes:
+    """<challenge/> or <success/> with its base64 payload, without building an element."""
+    payload = base64.b64encode(data) if data else b""
+    return b"<%s xmlns='%s'>%s</%s>" % (name.encode(), NS_SASL.encode(), payload, name.encode())
+
+
+_BIND_FEATURE = f"<bind xmlns='{NS_BIND}'/>".encode()
+
+
+@lru_cache(maxsize=64)
+def _preauth_features(
+    starttls: bool, required: bool, mechanisms: tuple[str, ...] | None, bindings: tuple[str, ...]
+) -> bytes:
+    """STARTTLS, SASL mechanisms and XEP-0440 bindings; the same for every stream alike."""
+    parts = []
+    if starttls:
+        inner = "<required/>" if required else ""
+        parts.append(f"<starttls xmlns='{NS_TLS}'>{inner}</starttls>")
+    if mechanisms is not None:
+        names = "".join(f"<mechanism>{name}</mechanism>" for name in mechanisms)
+        parts.append(f"<mechanisms xmlns='{NS_SASL}'>{names}</mechanisms>")
+        if bindings:
+            types = "".join(f"<channel-binding type='{t}'/>" for t in bindings)
+            parts.append(
+                f"<sasl-channel-binding xmlns='{NS_SASL_CB}'>{types}</sasl-channel-binding>"
+            )
+    return "".join(parts).encode()
+
+
+def _features(fixed: bytes, plugins) -> bytes:
+    return b"".join(
+        (b"<stream:features>", fixed, *(p.encode() for p in plugins), b"</stream:features>")
+    )
 
 
 def _later(delay: float) -> defer.Deferred:
