@@ -61,6 +61,8 @@ T = TypeVar("T")
 SQLITE_BUSY_TIMEOUT_MS = 5000
 #: Ids per DELETE when popping offline messages, well under SQLite's bound-parameter cap.
 DELETE_CHUNK = 500
+#: Users remembered as having no offline messages before the memory starts over.
+NO_OFFLINE_LIMIT = 100_000
 #: Execution option marking a write transaction (SQLite then takes the write lock at BEGIN).
 _WRITE_OPTION = "imserver_write"
 #: Execution option for one lone SELECT: no BEGIN, as a single statement is consistent alone.
@@ -124,6 +126,12 @@ class SQLStore:
         self._threads = 1 if self._sqlite else 4
         self._pool: ThreadPool | None = None
         self._engine: Engine | None = None
+        #: Users known to have no stored offline messages, so a login's pop needs no query.
+        #: Only this process stores offline messages (the CLI never does), and every
+        #: store_offline() call removes its user before the write is even queued.
+        self._no_offline: set[tuple[str, str]] = set()
+        #: Counts store_offline() calls: a pop marks its user empty only if none came meanwhile.
+        self._offline_stores = 0
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -344,10 +352,25 @@ class SQLStore:
     # -- offline messages --------------------------------------------------------
 
     def store_offline(self, user: str, host: str, stanza_xml: str, limit: int) -> Deferred[bool]:
+        self._offline_stores += 1
+        self._no_offline.discard((user, host))
         return self._run(self._store_offline, user, host, stanza_xml, limit)
 
     def pop_offline(self, user: str, host: str) -> Deferred[list[str]]:
-        return self._run(self._pop_offline, user, host)
+        key = (user, host)
+        if key in self._no_offline:
+            return succeed([])
+        stores_before = self._offline_stores
+
+        def emptied(stanzas: list[str]) -> list[str]:
+            # Whatever was there is popped now, unless a store raced with the pop.
+            if self._offline_stores == stores_before:
+                if len(self._no_offline) >= NO_OFFLINE_LIMIT:
+                    self._no_offline.clear()
+                self._no_offline.add(key)
+            return stanzas
+
+        return self._run(self._pop_offline, user, host).addCallback(emptied)
 
     def _store_offline(self, user: str, host: str, stanza_xml: str, limit: int) -> bool:
         with _writing(self._db) as conn:
