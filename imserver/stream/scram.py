@@ -189,7 +189,8 @@ class ScramExchange:
             expected_binding += self.bindings[first.cb_name]
         if not hmac.compare_digest(binding, expected_binding):
             raise ScramFailure("not-authorized", "channel bindings do not match")
-        if not hmac.compare_digest(attributes[1][2:], first.nonce + self.server_nonce):
+        nonce = (first.nonce + self.server_nonce).encode()
+        if not hmac.compare_digest(attributes[1][2:].encode(), nonce):
             raise ScramFailure("not-authorized", "nonce mismatch")
         auth_message = f"{first.bare},{self._server_first},{without_proof}".encode()
         signature = hmac.digest(keys.stored_key, auth_message, self.digest)
