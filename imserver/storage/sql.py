@@ -82,7 +82,8 @@ _CREDENTIALS = select(
     credentials.c.server_key,
     credentials.c.iterations,
 ).where(_user_rows(credentials))
-#: The whole roster in one statement: 'kind' 0 is the version, 1 an item, 2 a pending request.
+#: The whole roster in one statement: 'kind' 0 is the version, 1 an item, 2 a pending
+#: request (its stanza in the 'name' column).
 _ROSTER = union_all(
     select(
         literal(0).label("kind"),
@@ -105,7 +106,14 @@ _ROSTER = union_all(
         null(),
     ).where(_user_rows(roster_items)),
     select(
-        literal(2), roster_pending_in.c.contact, null(), null(), null(), null(), null(), null()
+        literal(2),
+        roster_pending_in.c.contact,
+        roster_pending_in.c.stanza,
+        null(),
+        null(),
+        null(),
+        null(),
+        null(),
     ).where(_user_rows(roster_pending_in)),
 )
 _ANY_OFFLINE = select(offline_messages.c.id).where(_user_rows(offline_messages)).limit(1)
@@ -277,7 +285,7 @@ class SQLStore:
         host: str,
         version: int,
         items: Mapping[str, RosterItem | None],
-        pending_in: Mapping[str, bool],
+        pending_in: Mapping[str, str | None],
     ) -> Deferred[None]:
         return self._run(self._write_roster, user, host, version, items, pending_in)
 
@@ -296,7 +304,7 @@ class SQLStore:
                     groups=() if groups == "[]" else tuple(json.loads(groups)),
                 )
             elif kind == 2:
-                roster.pending_in.add(contact)
+                roster.pending_in[contact] = name  # the request as sent (see _ROSTER)
             else:
                 roster.version = version
         return roster
@@ -307,7 +315,7 @@ class SQLStore:
         host: str,
         version: int,
         items: Mapping[str, RosterItem | None],
-        pending_in: Mapping[str, bool],
+        pending_in: Mapping[str, str | None],
     ) -> None:
         with _writing(self._db) as conn:
             for jid, item in items.items():
@@ -329,15 +337,17 @@ class SQLStore:
                             groups=json.dumps(list(item.groups)),
                         )
                     )
-            for jid, pending in pending_in.items():
+            for jid, request in pending_in.items():
                 conn.execute(
                     delete(roster_pending_in).where(
                         _owned(roster_pending_in, user, host), roster_pending_in.c.contact == jid
                     )
                 )
-                if pending:
+                if request is not None:
                     conn.execute(
-                        roster_pending_in.insert().values(host=host, username=user, contact=jid)
+                        roster_pending_in.insert().values(
+                            host=host, username=user, contact=jid, stanza=request
+                        )
                     )
             updated = conn.execute(
                 roster_versions.update()
@@ -411,13 +421,14 @@ class SQLStore:
     def get_privacy(self, user: str, host: str) -> Deferred[PrivacySettings]:
         return self._run(self._get_privacy, user, host)
 
-    def put_privacy_list(
-        self, user: str, host: str, name: str, items: Sequence[PrivacyItem]
+    def write_privacy(
+        self,
+        user: str,
+        host: str,
+        lists: Mapping[str, Sequence[PrivacyItem]],
+        default: str | None,
     ) -> Deferred[None]:
-        return self._run(self._put_privacy_list, user, host, name, items)
-
-    def set_default_list(self, user: str, host: str, name: str | None) -> Deferred[None]:
-        return self._run(self._set_default_list, user, host, name)
+        return self._run(self._write_privacy, user, host, lists, default)
 
     def _get_privacy(self, user: str, host: str) -> PrivacySettings:
         with self._db.connect() as conn:
@@ -434,27 +445,36 @@ class SQLStore:
             lists={row.name: _load_privacy_items(row.items_json) for row in rows},
         )
 
-    def _put_privacy_list(
-        self, user: str, host: str, name: str, items: Sequence[PrivacyItem]
+    def _write_privacy(
+        self,
+        user: str,
+        host: str,
+        lists: Mapping[str, Sequence[PrivacyItem]],
+        default: str | None,
     ) -> None:
+        # One transaction: a list and the default naming it are stored together or
+        # not at all (a block creates its list and makes it the default at once).
         with _writing(self._db) as conn:
-            conn.execute(
-                delete(privacy_lists).where(
-                    _owned(privacy_lists, user, host), privacy_lists.c.name == name
-                )
-            )
-            if items:
+            for name, items in lists.items():
                 conn.execute(
-                    privacy_lists.insert().values(
-                        host=host, username=user, name=name, items_json=_dump_privacy_items(items)
+                    delete(privacy_lists).where(
+                        _owned(privacy_lists, user, host), privacy_lists.c.name == name
                     )
                 )
-
-    def _set_default_list(self, user: str, host: str, name: str | None) -> None:
-        with _writing(self._db) as conn:
+                if items:
+                    conn.execute(
+                        privacy_lists.insert().values(
+                            host=host,
+                            username=user,
+                            name=name,
+                            items_json=_dump_privacy_items(items),
+                        )
+                    )
             conn.execute(delete(privacy_default).where(_owned(privacy_default, user, host)))
-            if name is not None:
-                conn.execute(privacy_default.insert().values(host=host, username=user, name=name))
+            if default is not None:
+                conn.execute(
+                    privacy_default.insert().values(host=host, username=user, name=default)
+                )
 
 
 # -- helpers (all run in the pool thread) ---------------------------------------

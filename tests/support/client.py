@@ -134,6 +134,8 @@ class RawClient:
         #: The server closed the TCP connection.
         self.closed = False
         self.jid: str | None = None
+        #: The xml:lang of our stream headers (None: no xml:lang at all).
+        self.lang: str | None = "en"
         self.features: ET.Element | None = None
         self.transcript: list[tuple[str, bytes]] = []
         #: Makes the TLS socket from (TCP socket, server name); None: Python's ssl.
@@ -198,10 +200,11 @@ class RawClient:
         attributes = f" to='{to or self.domain}'"
         if version is not None:
             attributes += f" version='{version}'"
+        if self.lang is not None:
+            attributes += f" xml:lang='{self.lang}'"
         return (
             "<?xml version='1.0'?>"
-            f"<stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAMS}'"
-            f"{attributes} xml:lang='en'>"
+            f"<stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAMS}'{attributes}>"
         )
 
     def open_stream(self, to: str | None = None, timeout: float | None = None) -> ET.Element:
