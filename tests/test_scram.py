@@ -16,6 +16,7 @@ from scramp import ScramClient, ScramMechanism
 from slixmpp.util.sasl import client as slixmpp_sasl
 
 from imserver.credentials import ScramKeys, check_password, client_and_server_keys, make_credentials
+from imserver.stream.c2s import C2SAuthenticator
 from imserver.stream.scram import ScramExchange, ScramFailure, downgrade_hash, parse_client_first
 
 END_POINT = hashlib.sha256(b"a certificate").digest()
@@ -255,3 +256,30 @@ def test_plain_check_uses_the_stored_keys():
             "pässwörd", iteration_count=keys.iterations, salt=keys.salt
         )
         assert expected == (keys.salt, keys.stored_key, keys.server_key, keys.iterations)
+
+
+class _Transport:
+    """A secure stream's transport that does not hand out its TLS connection (WebSocket)."""
+
+
+class _Stream:
+    secure = True
+    plaintext_allowed = False
+    transport = _Transport()
+
+
+class _TLS:
+    server_end_point = END_POINT
+
+
+class _Server:
+    tls = _TLS()
+    stream_features: dict = {"preauth": [], "bound": []}
+
+
+def test_no_plus_when_the_tls_connection_is_out_of_reach():
+    authenticator = C2SAuthenticator(_Server())
+    authenticator.xmlstream = _Stream()
+    features = authenticator.features()
+    assert b"<mechanism>SCRAM-SHA-256</mechanism>" in features, features
+    assert b"-PLUS" not in features and b"sasl-channel-binding" not in features, features

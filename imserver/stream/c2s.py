@@ -15,6 +15,7 @@ from collections import deque
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from OpenSSL import SSL
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
@@ -135,12 +136,19 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         return _features(fixed, [element.toXml() for element in plugins if element is not None])
 
     def _channel_bindings(self) -> dict[str, bytes]:
-        """What SCRAM-*-PLUS can bind to on this stream: nothing without TLS."""
+        """What SCRAM-*-PLUS can bind to: the TLS connection under this stream.
+
+        A stream whose transport does not hand out its OpenSSL connection (a
+        WebSocket adapter, TLS ended by a proxy) has nothing to bind to, so it
+        offers neither -PLUS nor XEP-0440.
+        """
         if not self.xs.secure or self.server.tls is None:
             return {}
-        return sasl.channel_bindings(
-            self.xs.transport.getHandle(), self.server.tls.server_end_point
-        )
+        get_handle = getattr(self.xs.transport, "getHandle", None)
+        connection = get_handle() if get_handle is not None else None
+        if not isinstance(connection, SSL.Connection):
+            return {}
+        return sasl.channel_bindings(connection, self.server.tls.server_end_point)
 
     # -- negotiation -------------------------------------------------------
 
