@@ -38,7 +38,7 @@ import procstat  # noqa: E402
 
 PYTHON = ROOT / ".venv" / "bin" / "python"
 LOADGEN = BENCH / "xmppload.py"
-SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn")
+SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn", "pep")
 DOMAIN = "localhost"
 FD_LIMIT = 65536
 SERVER_CPU, GENERATOR_CPU = "0", "1"
@@ -76,6 +76,10 @@ FIGURES = (
     ("churn", "cpu_per_1000_after", "messages CPU after churn", "s/1000", False),
     ("churn", "cpu_ratio_after_before", "churn CPU after/before", "ratio", False),
     ("churn", "retained_kib_per_session", "RSS kept after churn", "KiB/session", False),
+    ("pep", "rate", "PEP notifications delivered", "notes/s", True),
+    ("pep", "p50_ms", "PEP publish-to-notification p50", "ms", False),
+    ("pep", "p99_ms", "PEP publish-to-notification p99", "ms", False),
+    ("pep", "server_cpu_per_1000", "PEP notifications CPU", "s/1000", False),
 )
 
 IMSERVER_CONFIG = """\
@@ -84,7 +88,7 @@ IMSERVER_CONFIG = """\
 hosts = ["{domain}"]
 data_dir = "{data}"
 plugins = ["sessions", "disco", "ping", "version", "register",
-           "roster", "presence", "subscriptions", "offline"]
+           "roster", "presence", "subscriptions", "offline", "caps", "pep"]
 allow_registration = true
 
 [storage]
@@ -128,7 +132,7 @@ c2s_ports = {{ {port} }}
 c2s_direct_tls_ports = {{ }}
 legacy_ssl_ports = {{ }}
 s2s_ports = {{ }}
-modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "version", "register" }}
+modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "version", "register", "pep" }}
 modules_disabled = {{ "s2s", "s2s_auth_certs" }}
 c2s_require_encryption = false
 s2s_require_encryption = false

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import ipaddress
 import json
 import os
@@ -44,7 +46,7 @@ from xmppclient import (  # noqa: E402
     save_scram_cache,
 )
 
-SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn")
+SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn", "pep")
 #: (mechanism, record name) measured by the login scenario, when the server offers it.
 #: Prosody 0.12 has no SCRAM-SHA-256 for stored credentials, so it has no login-scram256.
 LOGIN_MECHANISMS = (
@@ -70,6 +72,8 @@ class Sizes:
     roster_items: int = 500
     roster_gets: int = 200
     roster_logins: int = 20
+    pep_publishes: int = 300
+    pep_window: int = 5
 
 
 QUICK = Sizes(
@@ -83,6 +87,7 @@ QUICK = Sizes(
     roster_items=100,
     roster_gets=50,
     roster_logins=5,
+    pep_publishes=50,
 )
 
 
@@ -566,6 +571,123 @@ async def scenario_fanout(ctx: Context) -> dict:
     )
 
 
+PEP_NODE = "urn:bench:pep"
+PEP_FEATURES = sorted(
+    (
+        "http://jabber.org/protocol/caps",
+        "http://jabber.org/protocol/disco#info",
+        PEP_NODE + "+notify",
+    )
+)
+PEP_IDENTITY = "client/bot//bench"
+#: XEP-0115 §5.1 for this one identity and these features.
+PEP_VER = base64.b64encode(
+    hashlib.sha1((PEP_IDENTITY + "<" + "".join(f + "<" for f in PEP_FEATURES)).encode()).digest()
+).decode()
+PEP_CAPS_NODE = "https://imserver.invalid/bench"
+
+
+class Publisher(Windowed):
+    """The PEP owner: stamped publishes, at most C{window} not yet fully delivered."""
+
+    def __init__(self, conn: Conn, fan: int, window: int) -> None:
+        super().__init__(window)
+        self.conn = conn
+        self.fan = fan
+
+    def pump(self) -> None:
+        in_flight = -(-(self.sent * self.fan - self.received) // self.fan)
+        count = min(self.total - self.sent, self.window - in_flight)
+        if count > 0:
+            stamp = str(time.perf_counter_ns())
+            self.conn.send(
+                "".join(
+                    f"<iq type='set' id='pub{self.sent + n}'>"
+                    "<pubsub xmlns='http://jabber.org/protocol/pubsub'>"
+                    f"<publish node='{PEP_NODE}'><item id='current'>"
+                    f"<status xmlns='{PEP_NODE}'><t>T{stamp}</t></status>"
+                    "</item></publish></pubsub></iq>"
+                    for n in range(count)
+                ).encode()
+            )
+            self.sent += count
+
+
+def caps_interest(conn: Conn) -> Callable[[bytes], bool]:
+    """A predicate that answers the server's disco#info query for our caps (a side effect)
+    and is true for the first PEP notification: the contact's interest is known."""
+
+    def match(element: bytes) -> bool:
+        if element.startswith(b"<iq") and attribute(element, "type") == "get":
+            if b"disco#info" in element:
+                node = attribute(element[element.find(b"<query") :], "node") or ""
+                features = "".join(f"<feature var='{f}'/>" for f in PEP_FEATURES)
+                conn.send(
+                    f"<iq type='result' id='{attribute(element, 'id')}' "
+                    f"to='{attribute(element, 'from')}'>"
+                    f"<query xmlns='http://jabber.org/protocol/disco#info' node='{node}'>"
+                    "<identity category='client' type='bot' name='bench'/>"
+                    f"{features}</query></iq>".encode()
+                )
+            return False
+        return element.startswith(b"<message") and PEP_NODE.encode() in element
+
+    return match
+
+
+async def scenario_pep(ctx: Context) -> dict:
+    """XEP-0163: one user publishes to a node that N mutually subscribed contacts want (+notify).
+
+    The contacts announce their interest the XEP-0115 way (caps in presence,
+    answering the server's disco#info); the owner pipelines stamped publishes.
+    """
+    s = ctx.sizes
+    hub_user, contact_users = "p0", [f"p{i}" for i in range(1, s.contacts + 1)]
+    await ensure_subscriptions(ctx, hub_user, contact_users)
+    hub = await login(ctx.target, hub_user, ctx.mechanism)
+    contacts: list[Conn] = []
+    for user in contact_users:
+        conn = await login(ctx.target, user, ctx.mechanism, roster=True, presence=False)
+        contacts.append(conn)
+        conn.send(
+            f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' "
+            f"node='{PEP_CAPS_NODE}' ver='{PEP_VER}'/></presence>".encode()
+        )
+    hub.set_sink(discard)
+    interested = asyncio.ensure_future(together(c.expect(caps_interest(c)) for c in contacts))
+    published = 0
+    while not interested.done():  # until every contact got a notification
+        Publisher(hub, len(contacts), 1).start(1)
+        published += 1
+        await asyncio.wait([interested], timeout=0.5)
+        if published > 60:
+            interested.cancel()
+            raise XMPPError("pep: contacts got no notifications within 30 s")
+    await interested
+    publisher = Publisher(hub, len(contacts), s.pep_window)
+    counters = []
+    for contact in contacts:
+        counter = StampCounter(b"</message>", b"<t>T", publisher.delivered)
+        contact.set_sink(counter)
+        counters.append(counter)
+    meter = Meter(ctx.server_pid)
+    warm = min(20, s.pep_publishes)
+    await run_flow(counters, [publisher], warm, warm * len(contacts), meter)
+    total = s.pep_publishes * len(contacts)
+    flow, m = await run_flow(counters, [publisher], s.pep_publishes, total, meter)
+    await close_all(contacts + [hub])
+    return report(
+        ctx,
+        "pep",
+        flow.delivered,
+        "notes/s",
+        m,
+        flow.latencies,
+        loss=max(0, publisher.sent * len(contacts) - flow.delivered),
+        publishes=publisher.sent,
+    )
+
+
 async def scenario_idle(ctx: Context, name: str = "idle") -> tuple[dict, list[Conn]]:
     """Many authenticated sessions with initial presence: resident memory per session."""
     s = ctx.sizes
@@ -880,6 +1002,7 @@ async def run(args: argparse.Namespace) -> int:
         "idle": lambda: _idle_then_close(ctx),
         "roster": lambda: scenario_roster(ctx),
         "churn": lambda: scenario_churn(ctx),
+        "pep": lambda: scenario_pep(ctx),
     }
     if args.scram_cache:
         load_scram_cache(args.scram_cache)

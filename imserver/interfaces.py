@@ -149,7 +149,41 @@ class IPrivacyStore(Interface):
         """
 
 
-class IStore(IUserStore, IRosterStore, IOfflineStore, IPrivacyStore):
+class IPersonalStore(Interface):
+    """Per-account documents: PEP nodes and items (XEP-0163), private XML and vCards.
+
+    PEP writes are small and each is one transaction; the caller (the PEP
+    plugin) has already checked quotas against its cached picture of the account.
+    """
+
+    def load_pep(user, host):
+        """Fire with {node: (config_json, [(item_id, payload_xml), ...] oldest first)}."""
+
+    def save_pep_node(user, host, node, config_json, dropped):
+        """Create or reconfigure a node, deleting the items listed in C{dropped}."""
+
+    def put_pep_item(user, host, node, config_json, item_id, payload_xml, dropped):
+        """Store an item (replacing one with its id) as the node's newest.
+
+        C{config_json} is not None when the publish created the node; the items
+        in C{dropped} (trimmed by max_items) go in the same transaction.
+        """
+
+    def delete_pep_items(user, host, node, item_ids):
+        """Delete those items of a node (all of them when C{item_ids} is None)."""
+
+    def delete_pep_node(user, host, node):
+        """Delete a node and its items."""
+
+    def get_document(user, host, key):
+        """Fire with the stored XML under C{key} (private storage, vCard) or None."""
+
+    def put_document(user, host, key, xml, limit=None):
+        """Store C{xml} under C{key} (None deletes it); fire with False, storing nothing,
+        when that would be a new key beyond C{limit} documents of the account."""
+
+
+class IStore(IUserStore, IRosterStore, IOfflineStore, IPrivacyStore, IPersonalStore):
     """One storage provider offering every store."""
 
     def start():

@@ -152,8 +152,39 @@ privacy_default = Table(
     Column("name", String(PART_LENGTH), nullable=False),
 )
 
-#: The tables every user's data lives in, children before parents, for deletion.
-USER_TABLES = (
+pep_nodes = Table(
+    "pep_nodes",
+    metadata,
+    *_owner(),
+    Column("node", String(PART_LENGTH), primary_key=True),
+    #: The node configuration as JSON {field var: wire value}.
+    Column("config_json", Text, nullable=False),
+)
+
+pep_items = Table(
+    "pep_items",
+    metadata,
+    #: Increases with every insert: a node's items in publish order.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    *_owner(primary_key=False),
+    Column("node", String(PART_LENGTH), nullable=False),
+    Column("item_id", String(PART_LENGTH), nullable=False),
+    Column("payload", Text, nullable=False),
+    Index("ix_pep_items_owner", "host", "username", "node", "seq"),
+    sqlite_autoincrement=True,
+)
+
+#: XEP-0049 private XML and the XEP-0054 vCard: one XML document per (owner, key).
+documents = Table(
+    "documents",
+    metadata,
+    *_owner(),
+    Column("key", String(BARE_JID_LENGTH), primary_key=True),
+    Column("xml", Text, nullable=False),
+)
+
+#: The tables of schema version 1, children before parents.
+_VERSION_1_TABLES = (
     credentials,
     roster_items,
     roster_pending_in,
@@ -163,6 +194,11 @@ USER_TABLES = (
     privacy_default,
     users,
 )
+#: Version 3: PEP and per-account documents.
+_PERSONAL_TABLES = (pep_nodes, pep_items, documents)
+
+#: The tables every user's data lives in, children before parents, for deletion.
+USER_TABLES = _PERSONAL_TABLES + _VERSION_1_TABLES
 
 
 #: Version-1 tables that a later step changed, as version 1 created them.
@@ -184,7 +220,9 @@ def _create_initial_tables(connection: Connection) -> None:
     """
     changed = {table.name for table in _version_1.tables.values()}
     metadata.create_all(
-        connection, tables=[t for t in USER_TABLES if t.name not in changed], checkfirst=False
+        connection,
+        tables=[t for t in _VERSION_1_TABLES if t.name not in changed],
+        checkfirst=False,
     )
     _version_1.create_all(connection, checkfirst=False)
 
@@ -215,10 +253,19 @@ def _keep_subscription_requests(connection: Connection) -> None:
         )
 
 
+def _create_personal_tables(connection: Connection) -> None:
+    """Version 3: PEP nodes and items, private XML and vCards."""
+    metadata.create_all(connection, tables=list(_PERSONAL_TABLES), checkfirst=False)
+
+
 Migration = Callable[[Connection], None]
 
 #: Step N turns a version N-1 database into version N. Append, never edit.
-MIGRATIONS: list[Migration] = [_create_initial_tables, _keep_subscription_requests]
+MIGRATIONS: list[Migration] = [
+    _create_initial_tables,
+    _keep_subscription_requests,
+    _create_personal_tables,
+]
 
 
 def current_version(connection: Connection) -> int:

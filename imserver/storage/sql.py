@@ -44,6 +44,7 @@ from imserver.interfaces import IStore
 from imserver.privacy import PrivacyItem, PrivacySettings
 from imserver.roster import Roster, RosterItem
 from imserver.storage import schema
+from imserver.storage.personal import PersonalStore
 from imserver.storage.schema import (
     credentials,
     offline_messages,
@@ -120,7 +121,7 @@ _ANY_OFFLINE = select(offline_messages.c.id).where(_user_rows(offline_messages))
 
 
 @implementer(IStore)
-class SQLStore:
+class SQLStore(PersonalStore):
     """Every store of L{IStore} in one SQL database named by a SQLAlchemy URL."""
 
     def __init__(self, url: str, reactor: Any = None) -> None:
@@ -216,6 +217,10 @@ class SQLStore:
         if self._engine is None:
             raise StoreError("store is not started")
         return self._engine
+
+    def _write(self):
+        """One write transaction on this store's database (for the mixins)."""
+        return _writing(self._db)
 
     # -- users -----------------------------------------------------------------
 
