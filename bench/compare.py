@@ -38,7 +38,9 @@ import procstat  # noqa: E402
 
 PYTHON = ROOT / ".venv" / "bin" / "python"
 LOADGEN = BENCH / "xmppload.py"
-SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn", "pep")
+SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn", "pep", "archive")
+#: Run with each server's message archive (XEP-0313) on.
+ARCHIVE_SCENARIOS = ("archive",)
 DOMAIN = "localhost"
 FD_LIMIT = 65536
 SERVER_CPU, GENERATOR_CPU = "0", "1"
@@ -80,6 +82,15 @@ FIGURES = (
     ("pep", "p50_ms", "PEP publish-to-notification p50", "ms", False),
     ("pep", "p99_ms", "PEP publish-to-notification p99", "ms", False),
     ("pep", "server_cpu_per_1000", "PEP notifications CPU", "s/1000", False),
+    ("messages-archive", "rate", "messages delivered, archive on", "msgs/s", True),
+    ("messages-archive", "p50_ms", "message latency p50, archive on", "ms", False),
+    ("messages-archive", "p99_ms", "message latency p99, archive on", "ms", False),
+    ("messages-archive", "loss", "messages lost, archive on", "msgs", False),
+    ("messages-archive", "server_cpu_per_1000", "messages CPU, archive on", "s/1000", False),
+    ("archive-fill", "rate", "one pair, archive on", "msgs/s", True),
+    ("archive-query", "p50_ms", "archive page of 50 p50", "ms", False),
+    ("archive-query", "p99_ms", "archive page of 50 p99", "ms", False),
+    ("archive-query", "server_cpu_per_1000", "archive pages CPU", "s/1000", False),
 )
 
 IMSERVER_CONFIG = """\
@@ -88,7 +99,7 @@ IMSERVER_CONFIG = """\
 hosts = ["{domain}"]
 data_dir = "{data}"
 plugins = ["sessions", "disco", "ping", "version", "register",
-           "roster", "presence", "subscriptions", "offline", "caps", "pep"]
+           "roster", "presence", "subscriptions", "offline", "caps", "pep"{plugins}]
 allow_registration = true
 
 [storage]
@@ -132,7 +143,8 @@ c2s_ports = {{ {port} }}
 c2s_direct_tls_ports = {{ }}
 legacy_ssl_ports = {{ }}
 s2s_ports = {{ }}
-modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "version", "register", "pep" }}
+modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "version", "register",
+                    "pep"{modules} }}
 modules_disabled = {{ "s2s", "s2s_auth_certs" }}
 c2s_require_encryption = false
 s2s_require_encryption = false
@@ -145,8 +157,18 @@ c2s_stanza_size_limit = 1048576
 c2s_timeout = 300
 storage = "internal"
 ssl = {{ certificate = "{dir}/bench.crt", key = "{dir}/bench.key" }}
-
+{archive}
 VirtualHost "{domain}"
+"""
+
+
+#: Prosody's mod_mam as configured for the archive scenario: an archive that may
+#: grow to the scenario's size (the internal store's default quota is 1000), no
+#: expiry (so no per-query total count), imserver's page limits.
+PROSODY_ARCHIVE = """\
+storage_archive_item_limit = 1000000
+archive_expires_after = "never"
+max_archive_query_results = 50
 """
 
 
@@ -226,12 +248,14 @@ class Server:
     port: int
     argv: list[str]
     workdir: Path
+    #: The same server, on the same data, with its message archive on.
+    archive_argv: list[str]
     process: subprocess.Popen | None = None
 
-    def start(self) -> int:
+    def start(self, archive: bool = False) -> int:
         log_file = (self.workdir / "server.out").open("ab")
         self.process = spawn(
-            pinned(SERVER_CPU, self.argv),
+            pinned(SERVER_CPU, self.archive_argv if archive else self.argv),
             cwd=self.workdir,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -258,21 +282,41 @@ class Server:
 def make_imserver(workdir: Path, port: int) -> Server:
     directory = workdir / "imserver"
     directory.mkdir(parents=True, exist_ok=True)
-    config = directory / "imserver.toml"
-    config.write_text(IMSERVER_CONFIG.format(domain=DOMAIN, data=directory / "data", port=port))
-    argv = [str(PYTHON), "-m", "imserver", "run", "-c", str(config)]
-    return Server("imserver", port, argv, directory)
+    argvs = []
+    for name, plugins in (("imserver.toml", ""), ("imserver-archive.toml", ', "mam"')):
+        config = directory / name
+        config.write_text(
+            IMSERVER_CONFIG.format(
+                domain=DOMAIN, data=directory / "data", port=port, plugins=plugins
+            )
+        )
+        argvs.append([str(PYTHON), "-m", "imserver", "run", "-c", str(config)])
+    return Server("imserver", port, argvs[0], directory, argvs[1])
 
 
 def make_prosody(workdir: Path, port: int) -> Server:
     directory = workdir / "prosody"
     (directory / "data").mkdir(parents=True, exist_ok=True)
     _certificate(directory / "bench.crt", directory / "bench.key")
-    config = directory / "prosody.cfg.lua"
-    config.write_text(
-        PROSODY_CONFIG.format(dir=directory, data=directory / "data", port=port, domain=DOMAIN)
+    argvs = []
+    variants = (
+        ("prosody.cfg.lua", "", ""),
+        ("prosody-archive.cfg.lua", ', "mam"', PROSODY_ARCHIVE),
     )
-    return Server("prosody", port, ["prosody", "--config", str(config), "-F"], directory)
+    for name, modules, archive in variants:
+        config = directory / name
+        config.write_text(
+            PROSODY_CONFIG.format(
+                dir=directory,
+                data=directory / "data",
+                port=port,
+                domain=DOMAIN,
+                modules=modules,
+                archive=archive,
+            )
+        )
+        argvs.append(["prosody", "--config", str(config), "-F"])
+    return Server("prosody", port, argvs[0], directory, argvs[1])
 
 
 def _certificate(certificate: Path, key: Path) -> None:
@@ -360,7 +404,7 @@ def generate(server: Server, pid: int, scenario: str, args: argparse.Namespace) 
 
 def profile(server: Server, scenario: str, args: argparse.Namespace, out: Path) -> None:
     """Sample imserver with py-spy while the scenario runs; print its hottest functions."""
-    pid = server.start()
+    pid = server.start(archive=scenario in ARCHIVE_SCENARIOS)
     try:
         raw = out / f"{scenario}.txt"
         spy = spawn(
@@ -578,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
                 for server in order:
                     log(f"# round {round_number + 1}/{args.rounds}: {scenario} on {server.name}")
                     wait_for_quiet(args.quiet_wait)
-                    pid = server.start()
+                    pid = server.start(archive=scenario in ARCHIVE_SCENARIOS)
                     try:
                         found = generate(server, pid, scenario, args)
                     finally:

@@ -29,6 +29,7 @@ from sqlalchemy import (
     literal,
     make_url,
     null,
+    or_,
     select,
     union_all,
 )
@@ -38,6 +39,14 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from imserver.archive import (
+    ArchivedMessage,
+    ArchivePage,
+    ArchivePrefs,
+    ArchiveQuery,
+    ArchiveRecord,
+    UnknownArchiveId,
+)
 from imserver.credentials import Credentials, ScramKeys
 from imserver.errors import StoreError, UserExists, UserNotFound
 from imserver.interfaces import IStore
@@ -46,6 +55,8 @@ from imserver.roster import Roster, RosterItem
 from imserver.storage import schema
 from imserver.storage.personal import PersonalStore
 from imserver.storage.schema import (
+    archive_messages,
+    archive_prefs,
     credentials,
     offline_messages,
     privacy_default,
@@ -481,8 +492,153 @@ class SQLStore(PersonalStore):
                     privacy_default.insert().values(host=host, username=user, name=default)
                 )
 
+    # -- message archive -----------------------------------------------------------
+
+    def append_archive(self, records: Sequence[ArchiveRecord]) -> Deferred[None]:
+        return self._run(self._append_archive, list(records))
+
+    def query_archive(self, user: str, host: str, query: ArchiveQuery) -> Deferred[ArchivePage]:
+        return self._run(self._query_archive, user, host, query)
+
+    def archive_bounds(
+        self, user: str, host: str
+    ) -> Deferred[tuple[ArchivedMessage | None, ArchivedMessage | None]]:
+        return self._run(self._archive_bounds, user, host)
+
+    def expire_archive(self, before: int) -> Deferred[int]:
+        return self._run(self._expire_archive, before)
+
+    def delete_archive(self, user: str, host: str) -> Deferred[None]:
+        return self._run(self._delete_archive, user, host)
+
+    def get_archive_prefs(self, user: str, host: str) -> Deferred[ArchivePrefs | None]:
+        return self._run(self._get_archive_prefs, user, host)
+
+    def set_archive_prefs(self, user: str, host: str, prefs: ArchivePrefs) -> Deferred[None]:
+        return self._run(self._set_archive_prefs, user, host, prefs)
+
+    def _append_archive(self, records: list[ArchiveRecord]) -> None:
+        if not records:
+            return
+        rows = [
+            {
+                "host": r.host,
+                "username": r.user,
+                "archive_id": r.archive_id,
+                "when_us": r.when,
+                "with_bare": r.with_bare,
+                "with_resource": r.with_jid.partition("/")[2] or None,
+                "stanza": r.xml,
+            }
+            for r in records
+        ]
+        with _writing(self._db) as conn:
+            conn.execute(archive_messages.insert(), rows)
+
+    def _query_archive(self, user: str, host: str, query: ArchiveQuery) -> ArchivePage:
+        t = archive_messages
+        where = [_owned(t, user, host)]
+        if query.with_jid is not None:
+            bare, _, resource = query.with_jid.partition("/")
+            where.append(t.c.with_bare == bare)
+            if resource:
+                where.append(t.c.with_resource == resource)
+        if query.start is not None:
+            where.append(t.c.when_us >= query.start)
+        if query.end is not None:
+            where.append(t.c.when_us <= query.end)
+        if query.ids is not None:
+            where.append(t.c.archive_id.in_(query.ids))
+        with self._db.connect() as conn:
+            if query.after is not None:
+                when, row_id = _archive_position(conn, user, host, query.after)
+                # The first term lets the (owner, when_us, id) index bound the scan.
+                where += [t.c.when_us >= when, or_(t.c.when_us > when, t.c.id > row_id)]
+            if query.before is not None:
+                when, row_id = _archive_position(conn, user, host, query.before)
+                where += [t.c.when_us <= when, or_(t.c.when_us < when, t.c.id < row_id)]
+            order = (t.c.when_us, t.c.id)
+            if query.reverse:
+                order = (t.c.when_us.desc(), t.c.id.desc())
+            rows = conn.execute(
+                select(t.c.archive_id, t.c.when_us, t.c.stanza)
+                .where(*where)
+                .order_by(*order)
+                .limit(query.limit + 1)
+            ).all()
+        complete = len(rows) <= query.limit
+        found = [ArchivedMessage(r.archive_id, r.when_us, r.stanza) for r in rows[: query.limit]]
+        if query.reverse:
+            found.reverse()
+        return ArchivePage(found, complete)
+
+    def _archive_bounds(
+        self, user: str, host: str
+    ) -> tuple[ArchivedMessage | None, ArchivedMessage | None]:
+        t = archive_messages
+        bounds = []
+        with self._db.connect() as conn:
+            for order in ((t.c.when_us, t.c.id), (t.c.when_us.desc(), t.c.id.desc())):
+                row = conn.execute(
+                    select(t.c.archive_id, t.c.when_us, t.c.stanza)
+                    .where(_owned(t, user, host))
+                    .order_by(*order)
+                    .limit(1)
+                ).first()
+                bounds.append(None if row is None else ArchivedMessage(*row))
+        return bounds[0], bounds[1]
+
+    def _expire_archive(self, before: int) -> int:
+        with _writing(self._db) as conn:
+            result = conn.execute(
+                delete(archive_messages).where(archive_messages.c.when_us < before)
+            )
+        return result.rowcount
+
+    def _delete_archive(self, user: str, host: str) -> None:
+        with _writing(self._db) as conn:
+            for table in (archive_messages, archive_prefs):
+                conn.execute(delete(table).where(_owned(table, user, host)))
+
+    def _get_archive_prefs(self, user: str, host: str) -> ArchivePrefs | None:
+        with self._db.connect() as conn:
+            row = conn.execute(
+                select(archive_prefs).where(_owned(archive_prefs, user, host))
+            ).first()
+        if row is None:
+            return None
+        return ArchivePrefs(
+            row.default_policy,
+            frozenset(json.loads(row.always_json)),
+            frozenset(json.loads(row.never_json)),
+        )
+
+    def _set_archive_prefs(self, user: str, host: str, prefs: ArchivePrefs) -> None:
+        with _writing(self._db) as conn:
+            conn.execute(delete(archive_prefs).where(_owned(archive_prefs, user, host)))
+            conn.execute(
+                archive_prefs.insert().values(
+                    host=host,
+                    username=user,
+                    default_policy=prefs.default,
+                    always_json=json.dumps(sorted(prefs.always)),
+                    never_json=json.dumps(sorted(prefs.never)),
+                )
+            )
+
 
 # -- helpers (all run in the pool thread) ---------------------------------------
+
+
+def _archive_position(conn: Connection, user: str, host: str, archive_id: str) -> tuple[int, int]:
+    """Where an archive id sorts: (when_us, id); L{UnknownArchiveId} if it is not there."""
+    t = archive_messages
+    row = conn.execute(
+        select(t.c.when_us, t.c.id).where(_owned(t, user, host), t.c.archive_id == archive_id)
+    ).first()
+    if row is None:
+        raise UnknownArchiveId(archive_id)
+    return row.when_us, row.id
 
 
 def _guarded(fn: Callable[..., T], *args: Any) -> T:
