@@ -21,13 +21,17 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    bindparam,
     create_engine,
     delete,
     event,
     func,
+    literal,
     make_url,
+    null,
     or_,
     select,
+    union_all,
 )
 from sqlalchemy.exc import SQLAlchemyError
 from twisted.internet.defer import Deferred, fail, succeed
@@ -69,8 +73,62 @@ T = TypeVar("T")
 SQLITE_BUSY_TIMEOUT_MS = 5000
 #: Ids per DELETE when popping offline messages, well under SQLite's bound-parameter cap.
 DELETE_CHUNK = 500
+#: Users remembered as having no offline messages before the memory starts over.
+NO_OFFLINE_LIMIT = 100_000
 #: Execution option marking a write transaction (SQLite then takes the write lock at BEGIN).
 _WRITE_OPTION = "imserver_write"
+#: Execution option for one lone SELECT: no BEGIN, as a single statement is consistent alone.
+_SINGLE_OPTION = "imserver_single"
+
+
+def _user_rows(table: Table) -> ColumnElement[bool]:
+    """The rows of C{table} owned by the bound parameters 'user' and 'host'."""
+    return (table.c.host == bindparam("host")) & (table.c.username == bindparam("user"))
+
+
+# The reads of every login, built once so SQLAlchemy compiles each only once.
+_CREDENTIALS = select(
+    credentials.c.mechanism,
+    credentials.c.salt,
+    credentials.c.stored_key,
+    credentials.c.server_key,
+    credentials.c.iterations,
+).where(_user_rows(credentials))
+#: The whole roster in one statement: 'kind' 0 is the version, 1 an item, 2 a pending
+#: request (its stanza in the 'name' column).
+_ROSTER = union_all(
+    select(
+        literal(0).label("kind"),
+        null().label("contact"),
+        null().label("name"),
+        null().label("subscription"),
+        null().label("ask"),
+        null().label("approved"),
+        null().label("groups"),
+        roster_versions.c.version,
+    ).where(_user_rows(roster_versions)),
+    select(
+        literal(1),
+        roster_items.c.contact,
+        roster_items.c.name,
+        roster_items.c.subscription,
+        roster_items.c.ask,
+        roster_items.c.approved,
+        roster_items.c.groups,
+        null(),
+    ).where(_user_rows(roster_items)),
+    select(
+        literal(2),
+        roster_pending_in.c.contact,
+        roster_pending_in.c.stanza,
+        null(),
+        null(),
+        null(),
+        null(),
+        null(),
+    ).where(_user_rows(roster_pending_in)),
+)
+_ANY_OFFLINE = select(offline_messages.c.id).where(_user_rows(offline_messages)).limit(1)
 
 
 @implementer(IStore)
@@ -88,6 +146,12 @@ class SQLStore(PersonalStore):
         self._threads = 1 if self._sqlite else 4
         self._pool: ThreadPool | None = None
         self._engine: Engine | None = None
+        #: Users known to have no stored offline messages, so a login's pop needs no query.
+        #: Only this process stores offline messages (the CLI never does), and every
+        #: store_offline() call removes its user before the write is even queued.
+        self._no_offline: set[tuple[str, str]] = set()
+        #: Counts store_offline() calls: a pop marks its user empty only if none came meanwhile.
+        self._offline_stores = 0
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -154,6 +218,11 @@ class SQLStore(PersonalStore):
             return fail(StoreError("store is not started"))
         return deferToThreadPool(self._reactor, self._pool, _guarded, fn, *args)
 
+    def _read_one(self, statement, user: str, host: str) -> list:
+        """The rows of one prepared SELECT about user@host, run alone (no BEGIN on SQLite)."""
+        with self._db.connect().execution_options(**{_SINGLE_OPTION: True}) as conn:
+            return conn.execute(statement, {"user": user, "host": host}).all()
+
     @property
     def _db(self) -> Engine:
         if self._engine is None:
@@ -191,8 +260,7 @@ class SQLStore(PersonalStore):
             _insert_credentials(conn, user, host, creds)
 
     def _get_credentials(self, user: str, host: str) -> Credentials | None:
-        with self._db.connect() as conn:
-            rows = conn.execute(select(credentials).where(_owned(credentials, user, host))).all()
+        rows = self._read_one(_CREDENTIALS, user, host)
         if not rows:
             return None
         return Credentials(
@@ -238,28 +306,23 @@ class SQLStore(PersonalStore):
         return self._run(self._write_roster, user, host, version, items, pending_in)
 
     def _get_roster(self, user: str, host: str) -> Roster:
-        with self._db.connect() as conn:
-            version = conn.execute(
-                select(roster_versions.c.version).where(_owned(roster_versions, user, host))
-            ).scalar_one_or_none()
-            item_rows = conn.execute(
-                select(roster_items).where(_owned(roster_items, user, host))
-            ).all()
-            pending = conn.execute(
-                select(roster_pending_in.c.contact, roster_pending_in.c.stanza).where(
-                    _owned(roster_pending_in, user, host)
+        roster = Roster()
+        for kind, contact, name, subscription, ask, approved, groups, version in self._read_one(
+            _ROSTER, user, host
+        ):
+            if kind == 1:
+                roster.items[contact] = RosterItem(
+                    jid=contact,
+                    name=name,
+                    subscription=subscription,
+                    ask=bool(ask),
+                    approved=bool(approved),
+                    groups=() if groups == "[]" else tuple(json.loads(groups)),
                 )
-            ).all()
-            roster = Roster(version=version or 0, pending_in=dict(pending))
-        for row in item_rows:
-            roster.items[row.contact] = RosterItem(
-                jid=row.contact,
-                name=row.name,
-                subscription=row.subscription,
-                ask=bool(row.ask),
-                approved=bool(row.approved),
-                groups=tuple(json.loads(row.groups)),
-            )
+            elif kind == 2:
+                roster.pending_in[contact] = name  # the request as sent (see _ROSTER)
+            else:
+                roster.version = version
         return roster
 
     def _write_roster(
@@ -315,10 +378,25 @@ class SQLStore(PersonalStore):
     # -- offline messages --------------------------------------------------------
 
     def store_offline(self, user: str, host: str, stanza_xml: str, limit: int) -> Deferred[bool]:
+        self._offline_stores += 1
+        self._no_offline.discard((user, host))
         return self._run(self._store_offline, user, host, stanza_xml, limit)
 
     def pop_offline(self, user: str, host: str) -> Deferred[list[str]]:
-        return self._run(self._pop_offline, user, host)
+        key = (user, host)
+        if key in self._no_offline:
+            return succeed([])
+        stores_before = self._offline_stores
+
+        def emptied(stanzas: list[str]) -> list[str]:
+            # Whatever was there is popped now, unless a store raced with the pop.
+            if self._offline_stores == stores_before:
+                if len(self._no_offline) >= NO_OFFLINE_LIMIT:
+                    self._no_offline.clear()
+                self._no_offline.add(key)
+            return stanzas
+
+        return self._run(self._pop_offline, user, host).addCallback(emptied)
 
     def _store_offline(self, user: str, host: str, stanza_xml: str, limit: int) -> bool:
         with _writing(self._db) as conn:
@@ -338,11 +416,7 @@ class SQLStore(PersonalStore):
 
     def _pop_offline(self, user: str, host: str) -> list[str]:
         # Nearly every login finds nothing: look first, without a write transaction.
-        with self._db.connect() as conn:
-            waiting = conn.execute(
-                select(offline_messages.c.id).where(_owned(offline_messages, user, host)).limit(1)
-            ).first()
-        if waiting is None:
+        if not self._read_one(_ANY_OFFLINE, user, host):
             return []
         with _writing(self._db) as conn:
             rows = conn.execute(
@@ -605,8 +679,10 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(conn):
-        write = conn.get_execution_options().get(_WRITE_OPTION, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get(_SINGLE_OPTION, False):
+            return  # one statement: SQLite runs it in a transaction of its own
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE_OPTION, False) else "BEGIN")
 
 
 def _owned(table: Table, user: str, host: str) -> ColumnElement[bool]:
