@@ -204,7 +204,37 @@ class IPersonalStore(Interface):
         when that would be a new key beyond C{limit} documents of the account."""
 
 
-class IStore(IUserStore, IRosterStore, IOfflineStore, IPrivacyStore, IPersonalStore):
+class IArchiveStore(Interface):
+    """Per-user message archives (XEP-0313) and their preferences."""
+
+    def append_archive(records):
+        """Store L{imserver.archive.ArchiveRecord}s, in the given order, in one transaction."""
+
+    def query_archive(user, host, query):
+        """Fire with an L{imserver.archive.ArchivePage} for an L{imserver.archive.ArchiveQuery}.
+
+        Fails with L{imserver.archive.UnknownArchiveId} when its after/before id
+        is not in the archive.
+        """
+
+    def archive_bounds(user, host):
+        """Fire with (first, last) L{imserver.archive.ArchivedMessage}s, or (None, None)."""
+
+    def expire_archive(before):
+        """Delete every user's messages archived before C{before} (microseconds); fire with
+        how many."""
+
+    def delete_archive(user, host):
+        """Remove the user's archive and preferences (the account is gone)."""
+
+    def get_archive_prefs(user, host):
+        """Fire with the user's L{imserver.archive.ArchivePrefs}, or None when never set."""
+
+    def set_archive_prefs(user, host, prefs):
+        """Replace the user's archiving preferences."""
+
+
+class IStore(IUserStore, IRosterStore, IOfflineStore, IPrivacyStore, IPersonalStore, IArchiveStore):
     """One storage provider offering every store."""
 
     def start():

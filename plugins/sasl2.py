@@ -151,7 +151,7 @@ class SASL2:
 
     def feature(self, stream) -> domish.Element:
         authentication = domish.Element((NS_SASL2, "authentication"))
-        for name in stream.authenticator.offered:
+        for name in stream.authenticator.offer.mechanisms:
             authentication.addElement("mechanism", content=name)
         inline = authentication.addElement("inline")
         for factory in self.server.stream_features["sasl2"]:

@@ -31,12 +31,12 @@ class FastTokenTests(StoreTestCase):
         self.assertEqual(self.raw_sql("SELECT count(*) FROM fast_tokens"), [(0,)])
 
     @defer.inlineCallbacks
-    def test_step_four_adds_the_table_to_an_older_database(self):
-        self.patch(schema, "MIGRATIONS", ALL_STEPS[:3])
+    def test_step_five_adds_the_table_to_an_older_database(self):
+        self.patch(schema, "MIGRATIONS", ALL_STEPS[:4])
         store = yield self.open()
         yield store.stop()
-        self.assertEqual(self.stored_version(), 3)
+        self.assertEqual(self.stored_version(), 4)
         self.patch(schema, "MIGRATIONS", ALL_STEPS)
         store = yield self.open()
-        self.assertEqual(self.stored_version(), 4)
+        self.assertEqual(self.stored_version(), 5)
         self.assertEqual((yield store.get_fast_tokens("alice", HOST, "x")), [])

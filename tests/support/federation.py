@@ -83,7 +83,7 @@ class Federation:
         } | (s2s or {})
         process = ServerProcess(
             directory,
-            server={"hosts": [domain]},
+            server={"hosts": [domain]} | overrides.pop("server", {}),
             c2s={"interface": address} | overrides.pop("c2s", {}),
             tls={"certificate": str(certificate), "key": str(key)},
             s2s=table,
