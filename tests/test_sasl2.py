@@ -27,7 +27,8 @@ from support.server import ServerProcess
 from support.sm import MECHANISM, NS_SM, PLUGINS, chat_to, come_online, received_bodies, sm
 
 NS_CSI = "urn:xmpp:csi:0"
-SASL2_PLUGINS = [*PLUGINS, "sasl2", "bind2"]
+NS_CARBONS = "urn:xmpp:carbons:2"
+SASL2_PLUGINS = [*PLUGINS, "carbons", "sasl2", "bind2"]
 BIND = f"<bind xmlns='{NS_BIND2}'><tag>phone</tag><enable xmlns='{NS_SM}' resume='true'/></bind>"
 REQUEST_TOKEN = f"<request-token xmlns='{NS_FAST}' mechanism='HT-SHA-256-NONE'/>"
 
@@ -78,7 +79,7 @@ def test_offered_beside_sasl1_with_inline_features(clients, pool) -> None:
     bind_features = {
         f.get("var") for f in inline.find(clark(NS_BIND2, "bind")).iter(clark(NS_BIND2, "feature"))
     }
-    assert bind_features == {NS_SM, NS_CSI}
+    assert bind_features == {NS_SM, NS_CSI, NS_CARBONS}
     fast = inline.find(clark(NS_FAST, "fast"))
     assert [m.text for m in fast] == ["HT-SHA-256-NONE"]
 
@@ -104,6 +105,21 @@ def test_one_exchange_authenticates_binds_and_enables_sm(clients, pool) -> None:
     assert not [e for e in client.drain(0.3) if e.tag == PRESENCE]
     client.send(f"<active xmlns='{NS_CSI}'/>")
     client.expect(presence(jid))
+
+
+def test_carbons_enabled_inline(clients, pool) -> None:
+    alice_account, bob_account = pool.take(2)
+    phone: SASL2Client = clients()
+    phone.start()
+    inline = f"<bind xmlns='{NS_BIND2}'><tag>phone</tag><enable xmlns='{NS_CARBONS}'/></bind>"
+    success = success_of(phone.scram(*alice_account, inline=inline))
+    phone.jid = success.findtext(sasl2("authorization-identifier"))
+    come_online(phone)
+    desk = clients(RawClient)
+    desk.login(*alice_account, "desk", MECHANISM)
+    chat_to(desk, bob_account[0], "from the desk")
+    copy = phone.expect(lambda e: e.find(clark(NS_CARBONS, "sent")) is not None)
+    assert "from the desk" in to_text(copy)
 
 
 def test_failure_then_success_on_the_same_stream(clients, pool) -> None:
