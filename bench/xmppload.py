@@ -461,8 +461,11 @@ class AckingSink:
             + len(_EMPTY_STANZA.findall(scan))
         )
         if _SM_REQUEST.search(scan):
-            h = self.handled % 2**32
-            self.conn.send(f"<a xmlns='urn:xmpp:sm:3' h='{h}'/>".encode())
+            self.acknowledge()
+
+    def acknowledge(self) -> None:
+        h = self.handled % 2**32
+        self.conn.send(f"<a xmlns='urn:xmpp:sm:3' h='{h}'/>".encode())
 
 
 class Broadcaster(Windowed):
@@ -539,6 +542,7 @@ async def scenario_messages(
     if ack_every is not None:
         await together(conn.enable_sm() for conn in senders + receivers)
     pairs, counters = [], []
+    sinks: list[AckingSink] = []
     for sender, receiver in zip(senders, receivers, strict=True):
         to = receiver.jid.split("/")[0]
         if ack_every is None:
@@ -548,7 +552,11 @@ async def scenario_messages(
             sender.set_sink(AckingSink(sender, discard))
             pair = AckingPair(sender, to, s.message_window, ack_every)
         counter = StampCounter(b"</message>", b"<body>T", pair.delivered)
-        receiver.set_sink(counter if ack_every is None else AckingSink(receiver, counter))
+        if ack_every is None:
+            receiver.set_sink(counter)
+        else:
+            sinks.append(AckingSink(receiver, counter))
+            receiver.set_sink(sinks[-1])
         pairs.append(pair)
         counters.append(counter)
     meter = Meter(ctx.server_pid)
@@ -557,6 +565,12 @@ async def scenario_messages(
     total = s.messages * len(pairs)
     flow, m = await run_flow(counters, pairs, s.messages, total, meter)
     sent = sum(p.sent for p in pairs)
+    if sinks:
+        # Acknowledge everything before leaving, as a client would: otherwise the
+        # server re-routes what is unacknowledged to offline storage.
+        for sink in sinks:
+            sink.acknowledge()
+        await asyncio.sleep(0.5)
     await close_all(senders + receivers)
     return report(
         ctx,

@@ -251,7 +251,9 @@ class StreamManagement:
         #: Unacknowledged stanzas kept per session before it is closed (and they re-routed).
         self.max_unacked = options.positive_int("max_unacked", 500)
         #: The server asks for an ack (<r/>) once this many stanzas are unacknowledged...
-        self.request_after = options.positive_int("request_after", 5)
+        self.request_after = min(
+            options.positive_int("request_after", 20), max(1, self.max_unacked // 2)
+        )
         #: ...or when fewer have waited this many seconds.
         self.ack_delay = options.number("ack_delay", 1.0)
         self.resumable: dict[str, AckedStream] = {}
