@@ -108,7 +108,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
     def features(self) -> domish.Element:
         features = domish.Element((NS_STREAMS, "features"))
         if self.username is None:
-            if not self.xs.secure and self.server.tls is not None:
+            if not self.xs.secure and self.server.tls is not None and self.xs.can_starttls:
                 starttls = features.addElement((NS_TLS, "starttls"))
                 if not self.xs.plaintext_allowed:
                     starttls.addElement("required")
@@ -160,7 +160,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
 
     def starttls(self) -> None:
         xs = self.xs
-        if xs.secure or self.server.tls is None:
+        if xs.secure or self.server.tls is None or not xs.can_starttls:
             xs.send(domish.Element((NS_TLS, "failure")))
             xs.sendFooter()
             xs.close_transport()
@@ -293,7 +293,12 @@ class C2SStream(xmlstream.XmlStream):
     """One client connection: parsing with limits, timeouts, ordered dispatch.
 
     Flow limits (input rate, a client that does not read) are in L{FlowControl}.
+    WebSocket and BOSH streams (L{imserver.web}) are subclasses that change
+    only the framing: what goes in and out around the same elements.
     """
+
+    #: STARTTLS can upgrade this transport (not a WebSocket's or a BOSH session's).
+    can_starttls = True
 
     def __init__(self, server: Server, direct_tls: bool) -> None:
         super().__init__(C2SAuthenticator(server))
