@@ -65,7 +65,7 @@ class HTTPSettings:
     cors_origins: tuple[str, ...] = ()
     #: A TLS-terminating proxy is in front: plain HTTP counts as secure for SASL.
     behind_tls_proxy: bool = False
-    #: Base URL advertised in host-meta, e.g. "https://chat.example.net" (default: from the request).
+    #: Base URL for host-meta links, e.g. "https://chat.example.net" (default: from the request).
     public_url: str = ""
     #: BOSH: the longest a request is held (seconds), and how long a session may go
     #: without any request before it ends.

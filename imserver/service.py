@@ -109,8 +109,8 @@ def makeService(settings: Settings) -> service.MultiService:
             options = server_tls.options
             if http.certificate is not None:
                 options = tls.load(TLSSettings(http.certificate, http.key)).options
-            internet.SSLServer(http.tls_port, site, options, interface=http.interface).setServiceParent(
-                top
-            )
+            internet.SSLServer(
+                http.tls_port, site, options, interface=http.interface
+            ).setServiceParent(top)
     top.server = server  # for embedders and tests that want to look inside
     return top

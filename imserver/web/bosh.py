@@ -173,7 +173,9 @@ class BoshSession:
 
     # -- requests -------------------------------------------------------------
 
-    def request(self, request: server.Request, rid: int, body: domish.Element, children: list, size: int) -> None:
+    def request(
+        self, request: server.Request, rid: int, body: domish.Element, children: list, size: int
+    ) -> None:
         """A request for this session, in whatever order it arrived."""
         self._cancel_inactivity()
         if rid in self.answers:
@@ -193,7 +195,9 @@ class BoshSession:
             self.rid += 1
             self._handle(self.rid, *self.early.pop(self.rid))
 
-    def _handle(self, rid: int, request: server.Request, body: domish.Element, children: list, size: int) -> None:
+    def _handle(
+        self, rid: int, request: server.Request, body: domish.Element, children: list, size: int
+    ) -> None:
         stream = self.stream
         if body.getAttribute((NS_XBOSH, "restart")) == "true":
             if stream.closed or not stream.awaiting_restart:
@@ -264,7 +268,9 @@ class BoshSession:
             self._respond_oldest()
         self._idle_check()
 
-    def _answer(self, rid: int, request: server.Request, payload: bytes, extra: bytes = b"") -> None:
+    def _answer(
+        self, rid: int, request: server.Request, payload: bytes, extra: bytes = b""
+    ) -> None:
         attributes = extra
         if self.first_answer is not None:
             attributes, self.first_answer = self.first_answer, None
@@ -292,7 +298,9 @@ class BoshSession:
 
     def _inactive(self) -> None:
         self._inactivity_call = None
-        log.info("BOSH session {sid} from {peer} inactive; ending it", sid=self.sid, peer=self.peer.host)
+        log.info(
+            "BOSH session {sid} from {peer} inactive; ending it", sid=self.sid, peer=self.peer.host
+        )
         self.terminated = True
         self._end()
 
@@ -310,7 +318,9 @@ class BoshSession:
             return
         self.terminated = True
         payload, self.out, self.out_size = b"".join(self.out), [], 0
-        self.final = _BODY_OPEN + b" " + attributes + (b">" + payload + b"</body>" if payload else b"/>")
+        self.final = (
+            _BODY_OPEN + b" " + attributes + (b">" + payload + b"</body>" if payload else b"/>")
+        )
         for _rid, request, timer in self.held:
             if timer.active():
                 timer.cancel()
@@ -459,7 +469,9 @@ class BoshResource(resource.Resource):
             raise BoshError("bad-request")
         return roots[0], children
 
-    def _create(self, request: server.Request, body: domish.Element, rid: int, children: list) -> None:
+    def _create(
+        self, request: server.Request, body: domish.Element, rid: int, children: list
+    ) -> None:
         """Session creation (XEP-0124 §7, XEP-0206 §4): the answer carries the stream features."""
         try:
             to = nameprep.prepare(body.getAttribute("to", ""))

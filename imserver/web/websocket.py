@@ -52,7 +52,8 @@ class WebSocketStream(C2SStream):
     def __init__(self, server: Server, secure: bool) -> None:
         super().__init__(server, direct_tls=secure)
         self._opened = False
-        self._elements = 0
+        #: Elements parsed from the current message (one, unless it breaks the framing).
+        self._framed: list[domish.Element] = []
 
     # -- input ---------------------------------------------------------------
 
@@ -60,30 +61,34 @@ class WebSocketStream(C2SStream):
         # One parser per stream (and per restart), as for TCP; its root is ours.
         super()._initializeStream()
         self.stream.DocumentStartEvent = _ignore
-        self.stream.ElementEvent = self._on_framed
+        self.stream.ElementEvent = self._framed.append
         self.stream.parse(_ROOT)
         self._opened = False
 
     def message_received(self, payload: bytes, is_binary: bool) -> None:
-        """One WebSocket message: exactly one whole element (whitespace alone is a keepalive)."""
+        """One WebSocket message: exactly one whole element (whitespace alone is a keepalive).
+
+        The message is checked whole before its element is acted on, so a
+        message holding two stanzas has neither of them handled.
+        """
         if self.closed:
             return
         if is_binary:
             self.fail("bad-format", "XMPP over WebSocket uses text messages")
             return
-        parser = self.stream
-        self._elements = 0
+        parser, framed = self.stream, self._framed
+        framed.clear()
         self.dataReceived(payload)
         if self.closed:
             return
-        if not parser.between_elements or (self._elements == 0 and payload.strip()):
-            self.fail("not-well-formed", "a WebSocket message must hold one whole element")
-
-    def _on_framed(self, element: domish.Element) -> None:
-        self._elements += 1
-        if self._elements > 1:
+        if len(framed) > 1:
             self.fail("bad-format", "one element per WebSocket message")
-            return
+        elif not parser.between_elements or (not framed and payload.strip()):
+            self.fail("not-well-formed", "a WebSocket message must hold one whole element")
+        elif framed:
+            self._handle(framed.pop())
+
+    def _handle(self, element: domish.Element) -> None:
         if element.uri == NS_FRAMING:
             if element.name == "open" and not self._opened:
                 self._open(element)
@@ -194,7 +199,9 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
                 ConnectionDeny.BAD_REQUEST, "the 'xmpp' WebSocket subprotocol is required"
             )
         server = self.factory.server
-        refusal = server.connections.refusal(getattr(self.transport.getPeer(), "host", ""), server.limits)
+        refusal = server.connections.refusal(
+            getattr(self.transport.getPeer(), "host", ""), server.limits
+        )
         if refusal:
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, refusal)
         return SUBPROTOCOL
