@@ -64,6 +64,7 @@ _BODY_OPEN = (
     b"<body xmlns='http://jabber.org/protocol/httpbind'"
     b" xmlns:stream='http://etherx.jabber.org/streams'"
 )
+_TERMINATE = _BODY_OPEN + b" type='terminate'/>"
 
 
 class BoshError(Exception):
@@ -158,11 +159,11 @@ class BoshSession:
         self.out: list[bytes] = []
         self.out_size = 0
         self.first_answer: bytes | None = None
-        #: After terminating: the body the next request gets.
-        self.final = _BODY_OPEN + b" type='terminate'/>"
+        #: After terminating: the body the next request gets (None once delivered).
+        self.final: bytes | None = None
+        self.forgotten = False
         self.stream_error = False
         self.terminated = False
-        self.ended = False
         self.producer = None
         self.output_paused = False
         self.input_paused = False
@@ -184,6 +185,7 @@ class BoshSession:
             return
         if self.terminated:
             self._answer_final(request)
+            self._idle_check()
             return
         if rid <= self.rid or rid > self.rid + self.requests or rid in self.early:
             self.fail_session(request, "item-not-found")
@@ -204,9 +206,10 @@ class BoshSession:
                 self.fail_session(request, "bad-request")
                 return
             stream.start(self.to, body.getAttribute((NS_XML, "lang")))
+        # Held first, so that what the input makes the server send can go with it.
+        self._hold(rid, request)
         if children:
             self._input(children, size)
-        self._hold(rid, request)
         if body.getAttribute("type") == "terminate" and not stream.closed:
             stream.onDocumentEnd()
         self._flush()
@@ -283,11 +286,15 @@ class BoshSession:
         _answer(request, data)
 
     def _idle_check(self) -> None:
-        if self.ended:
+        """Start the clock on a session nobody is talking to."""
+        if self.forgotten or self._inactivity_call is not None:
             return
-        if self.terminated and not self.held:
-            self._end()
-        elif not self.held and not self.early and self._inactivity_call is None:
+        if self.terminated:
+            if self.final is None:
+                self._forget()
+            else:  # kept a while for the next request to collect the final body
+                self._inactivity_call = reactor.callLater(self.wait + 5, self._forget)
+        elif not self.held and not self.early:
             self._inactivity_call = reactor.callLater(self.inactivity, self._inactive)
 
     def _cancel_inactivity(self) -> None:
@@ -302,50 +309,55 @@ class BoshSession:
             "BOSH session {sid} from {peer} inactive; ending it", sid=self.sid, peer=self.peer.host
         )
         self.terminated = True
-        self._end()
+        self._stream_gone()
+        self._forget()
 
     # -- ending ---------------------------------------------------------------
 
-    def fail_session(self, request: server.Request | None, condition: str) -> None:
-        """A BOSH-level error: every waiting request gets the terminate body."""
-        self._terminate(f"type='terminate' condition='{condition}'".encode())
-        if request is not None:
-            self._answer_final(request)
-        self._idle_check()
+    def fail_session(self, request: server.Request, condition: str) -> None:
+        """A BOSH-level error: this request gets the terminate body, and the stream ends."""
+        self._terminate(f"type='terminate' condition='{condition}'".encode(), request)
 
-    def _terminate(self, attributes: bytes) -> None:
+    def _terminate(self, attributes: bytes, request: server.Request | None = None) -> None:
+        """Answer every waiting request (the first with what was left to send); end the stream."""
         if self.terminated:
+            if request is not None:
+                _answer(request, _TERMINATE)
             return
         self.terminated = True
         payload, self.out, self.out_size = b"".join(self.out), [], 0
         self.final = (
             _BODY_OPEN + b" " + attributes + (b">" + payload + b"</body>" if payload else b"/>")
         )
-        for _rid, request, timer in self.held:
+        waiting = [] if request is None else [request]
+        for _rid, held, timer in self.held:
             if timer.active():
                 timer.cancel()
-            self._answer_final(request)
+            waiting.append(held)
+        waiting.extend(early for early, *_rest in self.early.values())
         self.held.clear()
-        for request, *_rest in self.early.values():
-            self._answer_final(request)
         self.early.clear()
+        for held in waiting:
+            self._answer_final(held)
+        self._stream_gone()
+        self._idle_check()
 
     def _answer_final(self, request: server.Request) -> None:
-        _answer(request, self.final)
-        self.final = _BODY_OPEN + b" type='terminate'/>"
+        _answer(request, self.final or _TERMINATE)
+        self.final = None
 
-    def _end(self) -> None:
-        """Forget the session and tell the stream its 'connection' is gone."""
-        if self.ended:
-            return
-        self.ended = True
+    def _stream_gone(self) -> None:
+        """Tell the stream its 'connection' is gone: the resource unbinds."""
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.connectionLost(Failure(ConnectionDone()))
+
+    def _forget(self) -> None:
+        self.forgotten = True
         self._cancel_inactivity()
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self.manager.sessions.pop(self.sid, None)
-        stream, self.stream = self.stream, None
-        if stream is not None:
-            stream.connectionLost(Failure(ConnectionDone()))
 
     # -- the stream's transport --------------------------------------------------
 
@@ -369,11 +381,10 @@ class BoshSession:
     def loseConnection(self) -> None:
         condition = b" condition='remote-stream-error'" if self.stream_error else b""
         self._terminate(b"type='terminate'" + condition)
-        self._idle_check()
 
     def abortConnection(self) -> None:
-        self.terminated = True
-        self._end()
+        self._terminate(b"type='terminate' condition='system-shutdown'")
+        self._forget()
 
     def getPeer(self) -> _Address:
         return self.peer
@@ -412,7 +423,7 @@ class BoshResource(resource.Resource):
 
     def __init__(self, xmpp: Server) -> None:
         super().__init__()
-        self.server = xmpp
+        self.xmpp = xmpp
         self.settings = xmpp.settings.http
         self.sessions: dict[str, BoshSession] = {}
         limits = xmpp.limits
@@ -477,11 +488,11 @@ class BoshResource(resource.Resource):
             to = nameprep.prepare(body.getAttribute("to", ""))
         except UnicodeError:
             raise BoshError("host-unknown") from None
-        if to not in self.server.hosts:
+        if to not in self.xmpp.hosts:
             raise BoshError("host-unknown")
         peer = request.getClientAddress()
         host = getattr(peer, "host", "")
-        if self.server.connections.refusal(host, self.server.limits):
+        if self.xmpp.connections.refusal(host, self.xmpp.limits):
             raise BoshError("policy-violation")
         settings = self.settings
         wait = min(_number(body, "wait", settings.bosh_max_wait), settings.bosh_max_wait)
@@ -492,7 +503,7 @@ class BoshResource(resource.Resource):
         session.acks = body.hasAttribute("ack")
         self.sessions[sid] = session
         secure = settings.behind_tls_proxy or request.isSecure()
-        stream = session.stream = BoshStream(self.server, secure)
+        stream = session.stream = BoshStream(self.xmpp, secure)
         stream.makeConnection(session)
         stream.start(to, body.getAttribute((NS_XML, "lang")))
         attributes = (
@@ -507,11 +518,6 @@ class BoshResource(resource.Resource):
         session.early[rid] = (request, body, children, 0)
         session.rid = rid
         session._handle(rid, *session.early.pop(rid))
-
-    def stop(self) -> None:
-        """Shutdown: every session ends (the streams send system-shutdown first)."""
-        for session in list(self.sessions.values()):
-            session.abortConnection()
 
 
 def _rid(body: domish.Element) -> int:

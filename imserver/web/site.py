@@ -56,10 +56,17 @@ def make_site(resources: XMPPResources, max_body: int) -> server.Site:
     root = _Root()
     resources.mount(root)
     request_factory = type("Request", (_BoundedRequest,), {"max_body": max_body})
-    site = server.Site(root, requestFactory=request_factory)
+    site = _QuietSite(root, requestFactory=request_factory)
     site.displayTracebacks = False
     site.noisy = False
     return site
+
+
+class _QuietSite(server.Site):
+    """No access log: a BOSH client makes a request every few seconds; streams log themselves."""
+
+    def log(self, request: server.Request) -> None:
+        pass
 
 
 class _BoundedRequest(server.Request):
