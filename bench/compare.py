@@ -81,7 +81,7 @@ IMSERVER_CONFIG = """\
 hosts = ["{domain}"]
 data_dir = "{data}"
 plugins = ["sessions", "disco", "ping", "version", "register",
-           "roster", "presence", "subscriptions", "messages", "offline"]
+           "roster", "presence", "subscriptions", "offline"]
 allow_registration = true
 
 [storage]

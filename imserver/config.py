@@ -27,7 +27,6 @@ DEFAULT_PLUGINS = (
     "roster",
     "presence",
     "subscriptions",
-    "messages",
     "offline",
     "privacy",
     "blocking",
@@ -149,7 +148,7 @@ def load(path: str | Path) -> Settings:
 
 def from_dict(raw: dict[str, Any], base: Path | None = None) -> Settings:
     """Validate a parsed config; C{base} anchors a relative data_dir."""
-    reader = _Reader(raw)
+    reader = OptionReader(raw)
     server = reader.table("server")
     hosts = tuple(_host(h, "server.hosts") for h in server.list("hosts", ["localhost"], str))
     if not hosts:
@@ -262,14 +261,14 @@ def _host(value: str, key: str) -> str:
     return parsed.host
 
 
-class _Reader:
+class OptionReader:
     """Typed getters over one TOML table that remember which keys they read."""
 
     def __init__(self, raw: dict[str, Any], prefix: str = "") -> None:
         self.raw = raw
         self.prefix = prefix
         self.seen: set[str] = set()
-        self.children: list[_Reader] = []
+        self.children: list[OptionReader] = []
 
     def _get(self, key: str, default: Any, kind: type | tuple[type, ...], what: str) -> Any:
         self.seen.add(key)
@@ -280,8 +279,8 @@ class _Reader:
             raise ConfigError(f"{self.prefix}{key}: must be {what}, not {value!r}")
         return value
 
-    def table(self, key: str) -> _Reader:
-        child = _Reader(self._get(key, {}, dict, "a table"), f"{self.prefix}{key}.")
+    def table(self, key: str) -> OptionReader:
+        child = OptionReader(self._get(key, {}, dict, "a table"), f"{self.prefix}{key}.")
         self.children.append(child)
         return child
 

@@ -1,22 +1,33 @@
-"""The central dispatcher: every stanza becomes an event key, handled by plugins.
+"""The central dispatcher: every stanza crosses the same named stages.
 
-A stanza from a client crosses two phases:
-
-1. C{("out", kind, type)}: features act for the sender (presence broadcast,
-   roster changes for outbound subscriptions, directed-presence bookkeeping).
-   A handler that returns True has fully handled the stanza.
-2. Routing to the addressed entity, as an inbound event:
+1. validate and stamp: a client's 'from' is its session's full JID; a bad
+   type, a malformed 'to' or an iq without id or payload gets a stanza error;
+2. outbound filters (the sender's privacy rules: registered, never called by name);
+3. C{("out", kind, type)} handlers act for a local sender (presence broadcast,
+   roster changes for outbound subscriptions, directed-presence bookkeeping);
+4. route by domain (L{imserver.router.Router}): the local hosts, or another
+   route (s2s, a cluster peer); the default route answers remote-server-not-found;
+5. inbound filters (the recipient's privacy rules);
+6. inbound handlers act for the recipient:
    - C{("iq", type, namespace, target)} with target C{"host"} (the server),
      C{"self"} (the sender's own account) or C{"bare"} (another local account);
+     C{("iq", type, "full")} for an iq to a client;
    - C{(kind, type, target)} for message and presence, target C{"host"},
      C{"bare"} or C{"full"};
-   - anything for a domain we do not serve bounces with remote-server-not-found.
+7. default delivery (L{imserver.router.Router.deliver}): the RFC 6121 §8 rules;
+   a message nobody can take becomes the C{("message", "offline")} event.
+
+Stanzas the server emits on someone's behalf (broadcasts, subscription
+stanzas, probe answers) and stanzas from peer servers enter at stage 2 through
+L{Dispatcher.route}. Top-level elements after bind that are not stanzas
+(stream management, client state) are C{("stream", namespace, name)} events.
 
 Handlers run in descending priority; the first to return True (or a Deferred)
-ends the chain. A handler raises L{StanzaError} to answer with an error; any
-other exception becomes internal-server-error and a log line, and the stream
-stays up. Unhandled iq get/set gets service-unavailable, unhandled messages
-(other than errors) get service-unavailable, unhandled presence is dropped.
+ends the chain, and a returned Deferred holds the sender's next stanzas until
+it fires. A handler raises L{StanzaError} to answer with an error; any other
+exception becomes internal-server-error and a log line, and the stream stays
+up. A filter returns None (pass), False (drop), a L{StanzaError} (refuse) or a
+Deferred firing with one of those.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ if TYPE_CHECKING:
 log = Logger()
 
 Handler = Callable[["Event"], Any]
+Filter = Callable[["Event"], Any]
 
 IQ_TYPES = frozenset(("get", "set", "result", "error"))
 MESSAGE_TYPES = frozenset(("normal", "chat", "groupchat", "headline", "error"))
@@ -56,15 +68,32 @@ PRESENCE_TYPES = frozenset(
 )
 _TYPES = {"message": MESSAGE_TYPES, "presence": PRESENCE_TYPES, "iq": IQ_TYPES}
 _DEFAULT_TYPE = {"message": "normal", "presence": "available", "iq": ""}
+#: Hook names; registering for another is a mistake caught at start.
+HOOKS = frozenset(
+    (
+        "session-bound",
+        "initial-presence",
+        "reachable",
+        "pre-session-ended",
+        "session-ended",
+        "user-offline",
+        "roster-changed",
+        "privacy-changed",
+        "user-deleted",
+    )
+)
+_IQ_TARGETS = frozenset(("host", "self", "bare", "preauth"))
+_TARGETS = frozenset(("host", "bare", "full"))
 
 
 class Event:
     """One stanza on its way: what every handler needs, computed once.
 
-    C{origin} is the sending session (None for stanzas the server makes);
-    C{sender} its JID as stamped; C{to} the parsed destination (never None:
-    a missing 'to' means the sender's own account for iq and message, the
-    server for presence); C{target} one of host/self/bare/full/remote.
+    C{origin} is the sending session (None for stanzas the server makes or a
+    peer server sends); C{sender} its JID as stamped; C{to} the parsed
+    destination (never None: a missing 'to' means the sender's own account for
+    iq and message, the server for presence); C{target} one of
+    host/self/bare/full for local destinations, "remote" for other domains.
     """
 
     __slots__ = (
@@ -133,19 +162,25 @@ class Event:
 
 
 class Dispatcher:
-    """Event key -> handlers in priority order; named hooks for the rest."""
+    """Event key -> handlers in priority order; filters; named hooks for the rest."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self._handlers: dict[tuple, list[tuple[int, int, Handler]]] = {}
         self._chains: dict[tuple, tuple[Handler, ...]] = {}
         self._hooks: dict[str, list[tuple[int, int, Callable]]] = {}
+        self._filters: dict[str, list[Filter]] = {"out": [], "in": []}
         self._order = 0
 
     # -- registration ---------------------------------------------------
 
     def on(self, key: tuple, handler: Handler, priority: int = 0) -> None:
-        """Handle events with C{key}; higher priorities run first."""
+        """Handle events with C{key}; higher priorities run first.
+
+        Raises ValueError for a key no stanza can have, so a typo fails at
+        start instead of never firing.
+        """
+        check_key(key)
         self._order += 1
         entries = self._handlers.setdefault(key, [])
         entries.append((-priority, self._order, handler))
@@ -154,10 +189,16 @@ class Dispatcher:
 
     def hook(self, name: str, callback: Callable, priority: int = 0) -> None:
         """Call C{callback} whenever C{fire(name, ...)} runs."""
+        if name not in HOOKS:
+            raise ValueError(f"unknown hook {name!r} (known: {', '.join(sorted(HOOKS))})")
         self._order += 1
         entries = self._hooks.setdefault(name, [])
         entries.append((-priority, self._order, callback))
         entries.sort(key=lambda e: (e[0], e[1]))
+
+    def add_filter(self, direction: str, check: Filter) -> None:
+        """Consult C{check} at stage 2 (C{"out"}, the sender's side) or 5 (C{"in"})."""
+        self._filters[direction].append(check)
 
     def fire(self, name: str, *args: Any) -> defer.Deferred:
         """Run every callback of hook C{name}; fire when all (incl. async ones) are done.
@@ -165,12 +206,7 @@ class Dispatcher:
         A failing callback is logged and does not stop the others.
         """
         waits = []
-        for _, _, callback in self._hooks.get(name, ()):
-            try:
-                result = callback(*args)
-            except Exception:
-                log.failure("hook {name} failed in {callback!r}", name=name, callback=callback)
-                continue
+        for callback, result in self._call_hook(name, args):
             if isinstance(result, defer.Deferred):
                 result.addErrback(
                     lambda f, c=callback: log.failure(
@@ -182,10 +218,21 @@ class Dispatcher:
             return defer.succeed(None)
         return defer.gatherResults(waits, consumeErrors=True)
 
-    # -- dispatch -------------------------------------------------------
+    def claimed(self, name: str, *args: Any) -> bool:
+        """Run hook C{name}'s callbacks until one returns True (it claims the moment)."""
+        return any(result is True for _, result in self._call_hook(name, args))
+
+    def _call_hook(self, name: str, args: tuple):
+        for _, _, callback in self._hooks.get(name, ()):
+            try:
+                yield callback, callback(*args)
+            except Exception:
+                log.failure("hook {name} failed in {callback!r}", name=name, callback=callback)
+
+    # -- entry points ---------------------------------------------------
 
     def dispatch(self, stanza: domish.Element, origin: Session) -> defer.Deferred | None:
-        """Handle one stanza from a client session (the hot path).
+        """Stage 1 for a stanza from a client session (the hot path), then the rest.
 
         Returns a Deferred while an asynchronous handler is still working, so
         the stream can hold back the sender's next stanzas and keep their order.
@@ -194,10 +241,10 @@ class Dispatcher:
         stanza["from"] = origin.full  # stamped: a client cannot spoof its address
         type_ = stanza.getAttribute("type") or _DEFAULT_TYPE[kind]
         if type_ not in _TYPES[kind]:
-            return self._bounce(stanza, "bad-request", f"unknown {kind} type")
-        if kind == "iq" and not self._valid_iq(stanza, type_):
-            return self._bounce(stanza, "bad-request", "iq needs an id and one payload")
-
+            return self.bounce(stanza, StanzaError("bad-request", text=f"unknown {kind} type"))
+        if kind == "iq" and not _valid_iq(stanza, type_):
+            error = StanzaError("bad-request", text="iq needs an id and one payload")
+            return self.bounce(stanza, error)
         to_attr = stanza.getAttribute("to")
         if to_attr is None:
             to = origin.jid.userhostJID() if kind != "presence" else None
@@ -205,10 +252,24 @@ class Dispatcher:
             try:
                 to = parse_jid(to_attr)
             except InvalidFormat:
-                return self._bounce(stanza, "jid-malformed")
-
+                return self.bounce(stanza, StanzaError("jid-malformed"))
         event = self._event(stanza, kind, type_, origin, origin.jid, to)
-        return self.run(("out", kind, type_), event, then=self.route)
+        return self._filtered("out", event, self._act_for_sender)
+
+    def dispatch_element(self, element: domish.Element, origin: Session):
+        """A top-level element after bind that is not a stanza: C{("stream", ns, name)}.
+
+        Returns False when no plugin registered for it (the stream then closes
+        with an error), else None or a Deferred, as for a stanza.
+        """
+        key = ("stream", element.uri, element.name)
+        if key not in self._chains:
+            return False
+        host = origin.jid.userhostJID()
+        event = Event(
+            self.server, element, "stream", element.name, origin, origin.jid, host, "host", None
+        )
+        return self.run(key, event)
 
     def dispatch_preauth(self, stanza: domish.Element, stream: Any) -> defer.Deferred | None:
         """Handle an iq from a stream that has not authenticated yet (XEP-0077).
@@ -217,51 +278,47 @@ class Dispatcher:
         and C{event.stream} is the stream, which gets the answer.
         """
         type_ = stanza.getAttribute("type") or ""
-        if type_ not in ("get", "set") or not self._valid_iq(stanza, type_):
+        if type_ not in ("get", "set") or not _valid_iq(stanza, type_):
             stream.send_stanza(StanzaError("bad-request").toResponse(stanza))
             return None
         host = parse_jid(stream.authenticator.host)
-        event = Event(
-            self.server,
-            stanza,
-            "iq",
-            type_,
-            None,
-            host,
-            host,
-            "preauth",
-            _payload_namespace(stanza),
-        )
+        ns = _payload_namespace(stanza)
+        event = Event(self.server, stanza, "iq", type_, None, host, host, "preauth", ns)
         event.stream = stream
-        return self.run(("iq", type_, event.ns, "preauth"), event, then=self._unhandled)
+        return self.run(("iq", type_, ns, "preauth"), event, then=self._unhandled)
 
-    def route(self, event: Event) -> defer.Deferred | None:
-        """Deliver an event to whatever it is addressed to (the inbound phase).
+    def route(
+        self, stanza: domish.Element, sender: JID, to: JID, origin: Session | None = None
+    ) -> defer.Deferred | None:
+        """Send a stanza the server emits, or a peer server sent, through stages 2 and 4-7.
 
-        Privacy lists and blocking (sender's outbound rules, recipient's inbound
-        rules) are consulted first, on every path: client stanzas and those the
-        server emits on a user's behalf (broadcasts, probe answers) alike.
+        Its 'from' and 'to' must already be set; filters, routes and handlers
+        treat it exactly like a client's stanza after stage 3.
         """
-        verdict = self.server.privacy.check(event)
-        if verdict is None:
-            return self._route_allowed(event)
-        if isinstance(verdict, defer.Deferred):
-            return verdict.addCallback(self._after_privacy, event)
-        return self._blocked(event, verdict)
+        kind = stanza.name
+        type_ = stanza.getAttribute("type") or _DEFAULT_TYPE[kind]
+        event = self._event(stanza, kind, type_, origin, sender, to)
+        return self._filtered("out", event, self.server.router.route)
 
-    def _after_privacy(self, verdict: StanzaError | bool | None, event: Event):
-        if verdict is None:
-            return self._route_allowed(event)
-        return self._blocked(event, verdict)
+    def event_for(self, stanza: domish.Element, sender: JID, to: JID) -> Event:
+        """The event of a server-made stanza (e.g. one a route must carry)."""
+        kind = stanza.name
+        return self._event(
+            stanza, kind, stanza.getAttribute("type") or _DEFAULT_TYPE[kind], None, sender, to
+        )
 
-    def _blocked(self, event: Event, verdict: StanzaError | bool) -> None:
-        """A privacy rule stopped the stanza: answer with its error, or drop it (False)."""
-        if isinstance(verdict, StanzaError):
-            self._error(event, verdict)
+    def inbound(self, event: Event) -> defer.Deferred | None:
+        """Stages 5-7 for an event addressed to a local host (the local route's work)."""
+        return self._filtered("in", event, self._act_for_recipient)
 
-    def _route_allowed(self, event: Event) -> defer.Deferred | None:
-        if event.target == "remote":
-            return self._error(event, StanzaError("remote-server-not-found"))
+    # -- stages ---------------------------------------------------------
+
+    def _act_for_sender(self, event: Event) -> defer.Deferred | None:
+        """Stage 3, then stage 4 when no handler consumed the stanza."""
+        return self.run(("out", event.kind, event.type), event, then=self.server.router.route)
+
+    def _act_for_recipient(self, event: Event) -> defer.Deferred | None:
+        """Stage 6, then the router's default delivery (stage 7)."""
         if event.kind == "iq":
             if event.target == "full":
                 key: tuple = ("iq", event.type, "full")
@@ -269,15 +326,36 @@ class Dispatcher:
                 key = ("iq", event.type, event.ns, event.target)
         else:
             key = (event.kind, event.type, event.target)
-        return self.run(key, event, then=self._unhandled)
+        return self.run(key, event, then=self.server.router.deliver)
 
-    def deliver(
-        self, stanza: domish.Element, sender: JID, to: JID, origin: Session | None = None
+    def _filtered(
+        self, direction: str, event: Event, then: Callable[[Event], Any], start: int = 0
     ) -> defer.Deferred | None:
-        """Route a stanza the server itself emits (e.g. on a user's behalf) through phase 2."""
-        kind = stanza.name
-        type_ = stanza.getAttribute("type") or _DEFAULT_TYPE[kind]
-        return self.route(self._event(stanza, kind, type_, origin, sender, to))
+        """Consult the filters of one direction in order, then go on with C{then}."""
+        filters = self._filters[direction]
+        for index in range(start, len(filters)):
+            verdict = filters[index](event)
+            if verdict is None:
+                continue
+            if isinstance(verdict, defer.Deferred):
+                verdict.addCallback(self._after_filter, direction, event, then, index + 1)
+                return verdict.addErrback(self._filter_failed, event)
+            return self._refused(event, verdict)
+        return then(event)
+
+    def _after_filter(self, verdict, direction: str, event: Event, then, start: int):
+        if verdict is None:
+            return self._filtered(direction, event, then, start)
+        return self._refused(event, verdict)
+
+    def _refused(self, event: Event, verdict: StanzaError | bool) -> None:
+        """A filter stopped the stanza: answer with its error, or drop it (False)."""
+        if isinstance(verdict, StanzaError):
+            self.error(event, verdict)
+
+    def _filter_failed(self, failure: Failure, event: Event) -> None:
+        log.failure("filtering {event!r} failed", failure, event=event)
+        self.error(event, StanzaError("internal-server-error"))
 
     def run(
         self, key: tuple, event: Event, then: Callable[[Event], Any] | None = None
@@ -287,10 +365,10 @@ class Dispatcher:
             try:
                 result = handler(event)
             except StanzaError as e:
-                return self._error(event, e)
+                return self.error(event, e)
             except Exception:
                 log.failure("handler {handler!r} failed on {event!r}", handler=handler, event=event)
-                return self._error(event, StanzaError("internal-server-error"))
+                return self.error(event, StanzaError("internal-server-error"))
             if result is True:
                 return None
             if isinstance(result, defer.Deferred):
@@ -310,6 +388,7 @@ class Dispatcher:
         sender: JID,
         to: JID | None,
     ) -> Event:
+        """The event for a stanza: its target (host/self/bare/full/remote) and iq namespace."""
         if to is None:
             target, to = "host", parse_jid(sender.host)
         elif to.host not in self.server.hosts:
@@ -325,59 +404,56 @@ class Dispatcher:
         ns = _payload_namespace(stanza) if kind == "iq" else None
         return Event(self.server, stanza, kind, type_, origin, sender, to, target, ns)
 
-    @staticmethod
-    def _valid_iq(stanza: domish.Element, type_: str) -> bool:
-        if not stanza.getAttribute("id"):
-            return False
-        if type_ in ("get", "set"):
-            return sum(1 for c in stanza.elements()) == 1
-        return True
-
     def _unhandled(self, event: Event) -> None:
-        if event.kind == "iq":
-            if event.type in ("get", "set"):
-                self._error(event, StanzaError("service-unavailable"))
-        elif event.kind == "message" and event.type != "error":
-            self._error(event, StanzaError("service-unavailable"))
+        if event.kind == "iq" and event.type in ("get", "set"):
+            self.error(event, StanzaError("service-unavailable"))
 
     def _async_failure(self, failure: Failure, event: Event, handler: Handler) -> None:
         if failure.check(StanzaError):
-            self._error(event, failure.value)
+            self.error(event, failure.value)
         else:
             log.failure(
                 "handler {handler!r} failed on {event!r}", failure, handler=handler, event=event
             )
-            self._error(event, StanzaError("internal-server-error"))
+            self.error(event, StanzaError("internal-server-error"))
 
-    def _error(self, event: Event, error: StanzaError) -> None:
+    def error(self, event: Event, error: StanzaError) -> None:
         """Answer C{event}'s sender with C{error} (never for an error or an iq result)."""
         if event.stream is not None:
             event.stream.send_stanza(error.toResponse(event.stanza))
             return
-        self.bounce(event.stanza, error, event.sender, event.origin)
+        self.bounce(event.stanza, error)
 
-    def _bounce(self, stanza: domish.Element, condition: str, text: str | None = None) -> None:
-        self.bounce(stanza, StanzaError(condition, text=text))
+    def bounce(self, stanza: domish.Element, error: StanzaError) -> None:
+        """The one bounce function: see L{imserver.router.Router.bounce}."""
+        self.server.router.bounce(stanza, error)
 
-    def bounce(
-        self,
-        stanza: domish.Element,
-        error: StanzaError,
-        sender: JID | None = None,
-        origin: Session | None = None,
-    ) -> None:
-        """Send C{stanza} back to its sender as an error, per RFC 6120 §8.3.1.
 
-        Errors and iq results are never answered with errors (no loops).
-        """
-        type_ = stanza.getAttribute("type")
-        if type_ == "error" or (stanza.name == "iq" and type_ == "result"):
-            return
-        response = error.toResponse(stanza)
-        to = response.getAttribute("to")
-        if to is None:
-            return
-        self.server.router.send_to_jid(parse_jid(to), response)
+def check_key(key: tuple) -> None:
+    """Raise ValueError unless some stanza or element can have event key C{key}."""
+    ok = False
+    if len(key) == 3 and key[0] == "out":
+        ok = key[1] in _TYPES and key[2] in _TYPES[key[1]]
+    elif len(key) == 3 and key[0] == "stream":
+        ok = isinstance(key[1], str) and isinstance(key[2], str)
+    elif len(key) == 4 and key[0] == "iq":
+        ok = key[1] in IQ_TYPES and isinstance(key[2], str) and key[3] in _IQ_TARGETS
+    elif len(key) == 3 and key[0] == "iq":
+        ok = key[1] in IQ_TYPES and key[2] == "full"
+    elif key == ("message", "offline"):
+        ok = True
+    elif len(key) == 3 and key[0] in ("message", "presence"):
+        ok = key[1] in _TYPES[key[0]] and key[2] in _TARGETS
+    if not ok:
+        raise ValueError(f"no stanza has the event key {key!r} (see imserver.dispatcher)")
+
+
+def _valid_iq(stanza: domish.Element, type_: str) -> bool:
+    if not stanza.getAttribute("id"):
+        return False
+    if type_ in ("get", "set"):
+        return sum(1 for c in stanza.elements()) == 1
+    return True
 
 
 def _payload_namespace(stanza: domish.Element) -> str | None:

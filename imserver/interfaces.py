@@ -15,9 +15,78 @@ class IFeature(Interface):
 
     name = Attribute("The name operators list in the config's `plugins`.")
     disco_features = Attribute("Namespaces this feature adds to the server's disco#info.")
+    requires = Attribute(
+        "Optional: names of plugins that must be loaded too (those firing the hooks it needs)."
+    )
 
     def attach(server):
         """Register handlers and hooks on C{server.dispatcher}; nothing else."""
+
+
+class ISessionStream(Interface):
+    """What a L{imserver.session.Session} needs from the transport that carries it.
+
+    C2S streams implement it; WebSocket and BOSH streams do too, and a plugin
+    may wrap a session's stream (stream management counts what it sends).
+    """
+
+    closed = Attribute("True once the stream can send nothing more.")
+    secure = Attribute("True when the transport is encrypted (or counts as such).")
+    peer_address = Attribute("The client's address, for logs and limits.")
+
+    def send_stanza(stanza):
+        """Serialise and send one top-level element."""
+
+    def send_bytes(data):
+        """Send an element serialised once for many recipients (no per-recipient work)."""
+
+    def drained():
+        """A Deferred firing once the client has read what was sent so far."""
+
+    def fail(condition, text=None):
+        """Close with a stream error (RFC 6120 §4.9)."""
+
+
+class ISessionRegistry(Interface):
+    """The bound resources a server can reach, by bare JID then resource.
+
+    In memory for one process today; a shared registry (Redis) can stand in
+    for several processes serving the same domains.
+    """
+
+    def add(session):
+        """Register C{session}; return the session it replaced (same full JID), if any."""
+
+    def remove(session):
+        """Forget C{session}; True when it was the account's last one."""
+
+    def get(bare, resource):
+        """The session of one full JID, or None."""
+
+    def of(bare):
+        """All sessions of an account, as a list safe to iterate while they change."""
+
+    def all():
+        """Every session."""
+
+    def __len__():
+        """How many sessions there are."""
+
+
+class IRoute(Interface):
+    """A destination for stanzas addressed to the domains it serves.
+
+    The local hosts are one route; a server-to-server connection manager (the
+    default route for every other domain) and a cluster peer are others.
+    """
+
+    def route(event):
+        """Take a stanza (C{event.stanza}, addressed to C{event.to}) for delivery.
+
+        Return None, or a Deferred that fires once the stanza is handed on, to
+        hold the sender's next stanzas. Undeliverable stanzas are answered with
+        the server's one bounce function (C{server.router.bounce}).
+        """
 
 
 class IUserStore(Interface):

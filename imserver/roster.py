@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succeed
 from twisted.words.xish import domish
 
+from imserver import stanzas
+from imserver.jid import parse_jid
 from imserver.serialize import stanza_bytes
 
 #: Subscription values stored on an item (RFC 6121 §2.1.2.5).
@@ -208,3 +210,23 @@ def push(router, bare: str, item: RosterItem, version: int, removed: bool = Fals
     query.addChild(item_element(item, removed))
     for session in sessions:
         session.push(query)
+
+
+@inlineCallbacks
+def cancel_subscriptions(server, bare: str, item: RosterItem, pending_in: bool):
+    """Tell a contact that the subscriptions both ways are gone (RFC 6121 §2.5.2, §3.2, §3.3).
+
+    For a roster item removed by its owner, and for every item of a deleted
+    account. One stanza at a time: each changes the contact's roster item,
+    and the next must see the result of the one before.
+    """
+    user, contact = parse_jid(bare), parse_jid(item.jid)
+    route = server.dispatcher.route
+    if item.subscribed_to or item.ask:
+        yield route(stanzas.presence("unsubscribe", bare, item.jid), user, contact)
+    if item.subscribed_from:
+        # §3.2.2: unavailable from every available resource first, while still subscribed.
+        for own in server.router.available(bare):
+            yield route(stanzas.presence("unavailable", own.full, item.jid), own.jid, contact)
+    if item.subscribed_from or pending_in:
+        yield route(stanzas.presence("unsubscribed", bare, item.jid), user, contact)

@@ -6,11 +6,13 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from twisted.words.xish import domish
+from zope.interface import implementer
 
+from imserver.interfaces import ISessionRegistry
 from imserver.jid import JID
 
 if TYPE_CHECKING:
-    from imserver.stream.c2s import C2SStream
+    from imserver.interfaces import ISessionStream
 
 
 class Session:
@@ -20,6 +22,11 @@ class Session:
     once the client has asked for its roster (RFC 6121 §2.1.6) and decides who
     gets roster pushes and subscription requests. C{directed} remembers the
     JIDs that got directed presence, so they hear of unavailability too.
+
+    C{stream} is whatever carries the session (an L{ISessionStream}: c2s,
+    WebSocket, BOSH). Every stanza for the client goes through it, so a
+    feature may put a wrapper in its place to see each one (stream
+    management counts and keeps them for resumption).
     """
 
     __slots__ = (
@@ -38,7 +45,7 @@ class Session:
         "extra",
     )
 
-    def __init__(self, jid: JID, stream: C2SStream) -> None:
+    def __init__(self, jid: JID, stream: ISessionStream) -> None:
         self.jid = jid
         self.full = jid.full()
         self.bare = jid.userhost()
@@ -83,8 +90,9 @@ class Session:
         return f"<Session {self.full}>"
 
 
+@implementer(ISessionRegistry)
 class SessionRegistry:
-    """The sessions of this process, by bare JID then resource."""
+    """The sessions of this process, by bare JID then resource (in memory)."""
 
     def __init__(self) -> None:
         self._by_bare: dict[str, dict[str, Session]] = {}

@@ -1,8 +1,10 @@
 """TLS: the server certificate (self-signed on first start) and its context.
 
-The context is built once and shared by STARTTLS and direct TLS (XEP-0368).
-The certificate hash is the SCRAM-PLUS 'tls-server-end-point' channel binding
-(RFC 5929 §4.1), computed once.
+One OpenSSL context per kind of stream (client streams today), built once and
+shared by STARTTLS and direct TLS (XEP-0368). It names the ALPN protocols we
+speak (RFC 7301; XEP-0368 has clients offer "xmpp-client"). The certificate
+hash is the SCRAM-PLUS 'tls-server-end-point' channel binding (RFC 5929 §4.1),
+computed once.
 """
 
 from __future__ import annotations
@@ -17,20 +19,57 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from imserver.config import TLSSettings
 
 log = Logger()
 
+#: ALPN protocol of client-to-server streams (XEP-0368).
+ALPN_CLIENT = b"xmpp-client"
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ALPNServerOptions:
+    """Server-side TLS that selects one of C{protocols} when a client offers it.
+
+    Twisted's own ALPN callback answers a client whose offer shares nothing with
+    ours with an empty protocol, which OpenSSL turns into a fatal
+    internal_error alert: every Go XMPP client (it offers "xmpp-client" even on
+    STARTTLS) was locked out. RFC 7301 §3.2 lets a server go on without
+    selecting a protocol, so ours returns NO_OVERLAPPING_PROTOCOLS instead.
+    """
+
+    def __init__(self, options: ssl.CertificateOptions, protocols: tuple[bytes, ...]) -> None:
+        self.protocols = protocols
+        self.context = options.getContext()
+        self.context.set_alpn_select_callback(self._select)
+
+    def _select(self, connection: SSL.Connection, offered: list[bytes]):
+        for protocol in self.protocols:
+            if protocol in offered:
+                return protocol
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
+        return SSL.Connection(self.context, None)
+
 
 @dataclass(frozen=True)
 class ServerTLS:
-    """What streams need: an OpenSSL context factory and the end-point binding."""
+    """What streams need: the certificate, the c2s connection creator, the end-point binding."""
 
-    options: ssl.CertificateOptions
+    certificate: ssl.PrivateCertificate
+    options: ALPNServerOptions
     server_end_point: bytes
+
+    def server_options(self, protocols: tuple[bytes, ...]) -> ALPNServerOptions:
+        """A TLS server side of its own for another kind of stream (e.g. s2s, "xmpp-server")."""
+        return ALPNServerOptions(self.certificate.options(), protocols)
 
 
 def ensure_certificate(settings: TLSSettings, hosts: tuple[str, ...]) -> None:
@@ -71,9 +110,10 @@ def ensure_certificate(settings: TLSSettings, hosts: tuple[str, ...]) -> None:
 def load(settings: TLSSettings) -> ServerTLS:
     pem = settings.certificate.read_bytes()
     private = ssl.PrivateCertificate.loadPEM(pem + b"\n" + settings.key.read_bytes())
-    options = private.options()
     certificate = x509.load_pem_x509_certificate(pem)
-    return ServerTLS(options, _end_point_hash(certificate))
+    return ServerTLS(
+        private, ALPNServerOptions(private.options(), (ALPN_CLIENT,)), _end_point_hash(certificate)
+    )
 
 
 def _end_point_hash(certificate: x509.Certificate) -> bytes:

@@ -1,9 +1,12 @@
 """XEP-0191 blocking command: the urn:xmpp:blocking protocol face.
 
 The blocklist is stored as deny items of the user's default privacy list;
-L{imserver.privacy} explains how the two combine, and its engine makes every
-change (pushes, presence, enforcement). This module only speaks the protocol.
+L{imserver.privacy} explains how the two combine and makes every change
+(presence, enforcement). This module speaks the protocol and pushes the
+blocklist's changes, from either protocol, to resources that retrieved it.
 """
+
+from collections.abc import Iterable
 
 from twisted.internet import defer
 from twisted.plugin import IPlugin
@@ -13,7 +16,7 @@ from zope.interface import implementer
 
 from imserver.interfaces import IFeature
 from imserver.jid import InvalidFormat, parse_jid
-from imserver.privacy import BLOCKLIST_KEY, NS_BLOCKING, blocking_element
+from imserver.privacy import BLOCKLIST_KEY, NS_BLOCKING, PrivacyChange, PrivacyChanges
 
 
 @implementer(IPlugin, IFeature)
@@ -22,10 +25,13 @@ class Blocking:
     disco_features = (NS_BLOCKING,)
 
     def attach(self, server) -> None:
+        self.server = server
         self.engine = server.privacy
         self.engine.enable()
+        self.changes = PrivacyChanges(self.engine)
         server.dispatcher.on(("iq", "get", NS_BLOCKING, "self"), self.get)
         server.dispatcher.on(("iq", "set", NS_BLOCKING, "self"), self.set)
+        server.dispatcher.hook("privacy-changed", self.push)
 
     @defer.inlineCallbacks
     def get(self, event):
@@ -45,12 +51,44 @@ class Blocking:
         if payload.name == "block":
             if not jids:
                 raise StanzaError("bad-request", text="block at least one JID")
-            yield self.engine.block(event.origin, jids, event.answer)
+            yield self.changes.block(event.origin, jids, event.answer)
         elif payload.name == "unblock":
-            yield self.engine.unblock(event.origin, jids or None, event.answer)
+            yield self.changes.unblock(event.origin, jids or None, event.answer)
         else:
             raise StanzaError("bad-request", text="block or unblock")
         return True
+
+    def push(self, change: PrivacyChange) -> None:
+        """The blocklist's difference, to the resources that retrieved it (§3.3-§3.5).
+
+        An unblock-all command is pushed as such (an empty <unblock/>); any
+        other change as the JIDs it unblocked and blocked.
+        """
+        old, new = change.blocked_before, change.blocked_after
+        targets = [s for s in self.server.sessions.of(change.bare) if s.extra.get(BLOCKLIST_KEY)]
+        if not targets or old == new:
+            return
+        payloads = []
+        if change.unblock_all:
+            payloads.append(blocking_element("unblock", ()))
+        else:
+            removed = [j for j in old if j not in new]
+            added = [j for j in new if j not in old]
+            if removed:
+                payloads.append(blocking_element("unblock", removed))
+            if added:
+                payloads.append(blocking_element("block", added))
+        for payload in payloads:
+            for session in targets:
+                session.push(payload)
+
+
+def blocking_element(name: str, jids: Iterable[str]) -> domish.Element:
+    """<blocklist/>, <block/> or <unblock/> with one item per JID."""
+    element = domish.Element((NS_BLOCKING, name))
+    for jid in jids:
+        element.addElement("item")["jid"] = jid
+    return element
 
 
 def _jids(payload: domish.Element) -> list[str]:

@@ -1,9 +1,15 @@
-"""XEP-0030 Service Discovery for the server and for the user's own account.
+"""XEP-0030 Service Discovery for the server and for accounts.
 
 The server's features are those the loaded plugins declare; the answer is
-built once, on the first query, when every plugin has attached.
+built once, on the first query, when every plugin has attached. An account's
+bare JID is answered by the server on the account's behalf (XEP-0030 §3,
+XEP-0163 §4): to the account itself, and to contacts subscribed to its
+presence, with what plugins put in C{server.account_identities} and
+C{server.account_features} (the archive, PEP). Anyone else gets
+service-unavailable, which reveals nothing about the account.
 """
 
+from twisted.internet import defer
 from twisted.plugin import IPlugin
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
@@ -21,9 +27,11 @@ class Disco:
     def attach(self, server) -> None:
         self.server = server
         self._server_info = None
+        self._account_info = None
         dispatcher = server.dispatcher
         dispatcher.on(("iq", "get", NS_DISCO_INFO, "host"), self.server_info)
         dispatcher.on(("iq", "get", NS_DISCO_INFO, "self"), self.account_info)
+        dispatcher.on(("iq", "get", NS_DISCO_INFO, "bare"), self.contact_info)
         for target in ("host", "self"):
             dispatcher.on(("iq", "get", NS_DISCO_ITEMS, target), self.items)
 
@@ -39,10 +47,25 @@ class Disco:
 
     def account_info(self, event) -> bool:
         _no_node(event)
-        info = DiscoInfo()
-        info.append(DiscoIdentity("account", "registered"))
-        info.append(DiscoFeature(NS_DISCO_INFO))
-        return event.answer(info.toElement())
+        if self._account_info is None:
+            info = DiscoInfo()
+            for category, type_, name in sorted(
+                self.server.account_identities, key=lambda i: (i[0], i[1], i[2] or "")
+            ):
+                info.append(DiscoIdentity(category, type_, name))
+            for namespace in sorted(self.server.account_features | {NS_DISCO_INFO}):
+                info.append(DiscoFeature(namespace))
+            self._account_info = info.toElement()
+        return event.answer(self._account_info)
+
+    @defer.inlineCallbacks
+    def contact_info(self, event):
+        """Another account's disco#info: for its presence subscribers only."""
+        roster = yield self.server.rosters.get(event.to.user, event.to.host)
+        item = roster.items.get(event.sender.userhost())
+        if item is None or not item.subscribed_from:
+            raise StanzaError("service-unavailable")
+        return self.account_info(event)
 
     def items(self, event) -> bool:
         _no_node(event)

@@ -1,8 +1,10 @@
 """XEP-0160 offline messages: stored durably, delivered in order at the next login.
 
-Runs after the messages plugin in the chain, so it sees exactly the chat and
-normal messages that found no available resource. Each is stamped with a
-XEP-0203 delay; a full store bounces with service-unavailable.
+Claims the router's C{("message", "offline")} event, so it sees exactly the
+chat and normal messages that found no available resource (to the bare JID,
+or to a full JID that is gone). Each is stamped with a XEP-0203 delay and
+stored once; the sender's next stanzas wait until the write is done. A full
+store bounces with service-unavailable.
 """
 
 from datetime import UTC, datetime
@@ -15,6 +17,7 @@ from zope.interface import implementer
 
 from imserver.interfaces import IFeature
 from imserver.jid import parse_jid
+from imserver.router import OFFLINE
 from imserver.stream.parser import parse_stanza
 
 NS_OFFLINE = "msgoffline"
@@ -24,12 +27,12 @@ NS_OFFLINE = "msgoffline"
 class Offline:
     name = "offline"
     disco_features = (NS_OFFLINE,)
+    requires = ("presence",)  # fires reachable
 
     def attach(self, server) -> None:
         self.server = server
         self.store = server.store
-        for type_ in ("normal", "chat"):
-            server.dispatcher.on(("message", type_, "bare"), self.store_message, priority=-10)
+        server.dispatcher.on(OFFLINE, self.store_message)
         server.dispatcher.hook("reachable", self.deliver_stored)
 
     @defer.inlineCallbacks

@@ -13,7 +13,7 @@ from zope.interface import implementer
 
 from imserver.interfaces import IFeature
 from imserver.jid import parse_jid
-from imserver.router import readdressed
+from imserver.stanzas import presence, readdressed
 
 NS_CLIENT = "jabber:client"
 
@@ -31,13 +31,6 @@ def _priority(stanza: domish.Element) -> int:
     return value
 
 
-def _unavailable(sender: str) -> domish.Element:
-    presence = domish.Element((None, "presence"))
-    presence["type"] = "unavailable"
-    presence["from"] = sender
-    return presence
-
-
 @implementer(IPlugin, IFeature)
 class Presence:
     name = "presence"
@@ -49,11 +42,8 @@ class Presence:
         dispatcher = self.dispatcher = server.dispatcher
         for type_ in ("available", "unavailable"):
             dispatcher.on(("out", "presence", type_), self.outbound)
-            for target in ("bare", "full"):
-                dispatcher.on(("presence", type_, target), self.inbound)
         for target in ("bare", "full"):
             dispatcher.on(("presence", "probe", target), self.probe)
-            dispatcher.on(("presence", "error", target), self.inbound_error)
         dispatcher.hook("session-ended", self.session_ended)
 
     # -- the user's own presence -------------------------------------------
@@ -116,36 +106,20 @@ class Presence:
             # A local contact with no session has nothing to report: skip the probe.
             if contact.host in self.server.hosts and not self.server.sessions.of(item.jid):
                 continue
-            probe = domish.Element((None, "presence"))
-            probe["type"] = "probe"
-            probe["from"] = session.full
-            probe["to"] = item.jid
-            self.dispatcher.deliver(probe, session.jid, contact)
+            probe = presence("probe", session.full, item.jid)
+            self.dispatcher.route(probe, session.jid, contact)
 
     def session_ended(self, session) -> None:
         """A stream closed: its resource goes unavailable if it had not said so (§4.5.2)."""
         if session.available or session.directed:
-            self.broadcast(session, _unavailable(session.full), "unavailable")
+            self.broadcast(session, presence("unavailable", session.full), "unavailable")
 
     def _send(self, stanza: domish.Element, sender, to: str) -> None:
-        self.dispatcher.deliver(stanza, sender, parse_jid(to))
+        self.dispatcher.route(stanza, sender, parse_jid(to))
 
     # -- presence addressed to a local user ---------------------------------
-
-    def inbound(self, event) -> bool:
-        """Deliver presence to the available resources (bare) or the one resource (full)."""
-        if event.target == "full":
-            session = self.server.sessions.get(event.to.userhost(), event.to.resource)
-            if session is not None:
-                session.send(event.stanza)
-            return True
-        self.router.send_to_sessions(self.router.available(event.to.userhost()), event.stanza)
-        return True
-
-    def inbound_error(self, event) -> bool:
-        if event.target == "full":
-            return self.inbound(event)
-        return True  # RFC 6121 §8.5.2.1.2: a presence error to a bare JID is dropped
+    # Available, unavailable and error presence is delivered by the router
+    # (RFC 6121 §8.5); only probes are answered here.
 
     @defer.inlineCallbacks
     def probe(self, event):

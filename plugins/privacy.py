@@ -1,8 +1,9 @@
 """RFC 3921 §10 / XEP-0016 privacy lists: the jabber:iq:privacy protocol face.
 
-This module only reads and writes the wire form; what lists mean, which one
-applies and every change (conflicts, pushes, presence) belong to the engine,
-L{imserver.privacy.PrivacyEngine}, which the blocking command shares.
+This module reads and writes the wire form and pushes changed list names
+(§10 rule 10); what lists mean, which one applies and every change (conflicts,
+presence) belong to the core's L{imserver.privacy}, which the blocking command
+shares.
 """
 
 from collections.abc import Iterable
@@ -21,6 +22,8 @@ from imserver.privacy import (
     NS_PRIVACY,
     STANZA_KINDS,
     SUBSCRIPTION_VALUES,
+    PrivacyChange,
+    PrivacyChanges,
     PrivacyItem,
     parse_order,
 )
@@ -40,11 +43,22 @@ class Privacy:
         self.server = server
         self.engine = server.privacy
         self.engine.enable()
+        self.changes = PrivacyChanges(self.engine)
         dispatcher = server.dispatcher
         dispatcher.on(("iq", "get", NS_PRIVACY, "self"), self.get)
         dispatcher.on(("iq", "set", NS_PRIVACY, "self"), self.set)
         for iq_type in ("get", "set"):
             dispatcher.on(("iq", iq_type, NS_PRIVACY, "bare"), _forbidden)
+        dispatcher.hook("privacy-changed", self.push)
+
+    def push(self, change: PrivacyChange) -> None:
+        """Each changed list's name to every connected resource (§10 rule 10)."""
+        sessions = self.server.sessions.of(change.bare)
+        for name in change.lists:
+            payload = domish.Element((NS_PRIVACY, "query"))
+            payload.addElement("list")["name"] = name
+            for session in sessions:
+                session.push(payload)
 
     @defer.inlineCallbacks
     def get(self, event):
@@ -83,9 +97,9 @@ class Privacy:
         child = children[0]
         name = child.getAttribute("name")
         if child.name == "active":
-            yield self.engine.set_active(session, name, event.answer)
+            yield self.changes.set_active(session, name, event.answer)
         elif child.name == "default":
-            yield self.engine.set_default(session, name, event.answer)
+            yield self.changes.set_default(session, name, event.answer)
         elif child.name == "list":
             if not name:
                 raise StanzaError("bad-request", text="a list needs a name")
@@ -94,7 +108,7 @@ class Privacy:
             if any(e.getAttribute("type") == "group" for e in elements):
                 roster = yield self.server.rosters.get(session.user, session.host, keep=True)
             items = parse_items(elements, roster)
-            yield self.engine.put_list(session, name, items, event.answer)
+            yield self.changes.put_list(session, name, items, event.answer)
         else:
             raise StanzaError("bad-request", text="exactly one of active, default or list")
         return True

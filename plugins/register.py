@@ -25,7 +25,6 @@ from zope.interface import implementer
 from imserver.credentials import make_credentials
 from imserver.errors import UserExists, UserNotFound
 from imserver.interfaces import IFeature
-from imserver.jid import parse_jid
 
 log = Logger()
 
@@ -194,7 +193,6 @@ class Register:
         XEP says; contacts hear it leave and lose their subscriptions to it.
         """
         user, host = event.sender.user, event.sender.host
-        bare = event.sender.userhost()
         roster = yield self.server.rosters.get(user, host)
         try:
             yield self.server.store.delete_user(user, host)
@@ -206,32 +204,9 @@ class Register:
             authenticator = stream.authenticator
             if authenticator.username == user and authenticator.host == host:
                 stream.fail("not-authorized", "the account was removed")
-        cancelled = self._cancel_subscriptions(bare, list(roster.items.values()))
-        cancelled.addErrback(
-            lambda f: log.failure("cancelling {bare}'s subscriptions", f, bare=bare)
-        )
+        # Contacts lose their subscriptions to it (the subscriptions plugin listens).
+        self.server.dispatcher.fire("user-deleted", user, host, roster)
         return True
-
-    @defer.inlineCallbacks
-    def _cancel_subscriptions(self, bare: str, items: list):
-        """Tell each contact the subscriptions both ways are gone (RFC 6121 §3.2, §3.3).
-
-        One at a time: each changes the contact's roster item, and two changes
-        of one item in flight at once would lose one of them.
-        """
-        sender = parse_jid(bare)
-        for item in items:
-            contact = parse_jid(item.jid)
-            for needed, type_ in (
-                (item.subscribed_to or item.ask, "unsubscribe"),
-                (item.subscribed_from, "unsubscribed"),
-            ):
-                if needed:
-                    presence = domish.Element((None, "presence"))
-                    presence["type"] = type_
-                    presence["from"] = bare
-                    presence["to"] = item.jid
-                    yield self.server.dispatcher.deliver(presence, sender, contact)
 
 
 def _refuse(condition: str):

@@ -1,8 +1,7 @@
 """RFC 6121 §2 roster management: get (with versioning), set, remove, pushes.
 
 Removing a contact also cancels the subscriptions both ways (RFC 6121 §2.5.2,
-RFC 3921 §8.6): the server sends unsubscribe and unsubscribed on the user's
-behalf, which the contact's side processes like any other such stanza.
+RFC 3921 §8.6) through the core's L{imserver.roster.cancel_subscriptions}.
 """
 
 from twisted.internet import defer
@@ -91,18 +90,7 @@ class Roster:
         item, pending_in = yield self.server.rosters.exclusive(
             session.user, session.host, self._forget, event, contact
         )
-        user = parse_jid(session.bare)
-        # Each stanza changes the contact's roster: the second must see the first's
-        # result, so wait for its handling to finish before sending the next.
-        if item.subscribed_to or item.ask:
-            yield self._send_presence(user, contact, "unsubscribe")
-        if item.subscribed_from:
-            # RFC 6121 §3.2.2: unavailable from every available resource first,
-            # while the contact is still subscribed.
-            for own in self.server.router.available(session.bare):
-                yield self._send_presence(own.jid, contact, "unavailable")
-        if item.subscribed_from or pending_in:
-            yield self._send_presence(user, contact, "unsubscribed")
+        yield model.cancel_subscriptions(self.server, session.bare, item, pending_in)
 
     @defer.inlineCallbacks
     def _forget(self, event, contact: str):
@@ -119,13 +107,6 @@ class Roster:
         event.answer()
         model.push(self.server.router, session.bare, item, version, removed=True)
         return item, pending_in
-
-    def _send_presence(self, sender, contact: str, type_: str):
-        presence = domish.Element((None, "presence"))
-        presence["type"] = type_
-        presence["from"] = sender.full()
-        presence["to"] = contact
-        return self.server.dispatcher.deliver(presence, sender, parse_jid(contact))
 
 
 def _single_item(query: domish.Element) -> domish.Element:

@@ -8,7 +8,6 @@ L{imserver.subscription.transition}; this module only carries it out.
 
 from twisted.internet import defer
 from twisted.plugin import IPlugin
-from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 from zope.interface import implementer
 
@@ -16,7 +15,7 @@ from imserver import roster as model
 from imserver import subscription as table
 from imserver.interfaces import IFeature
 from imserver.jid import parse_jid
-from imserver.router import readdressed
+from imserver.stanzas import presence, readdressed
 
 KINDS = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
 NS_PRE_APPROVAL = "urn:xmpp:features:pre-approval"
@@ -26,19 +25,11 @@ def _pre_approval_feature(stream) -> domish.Element:
     return domish.Element((NS_PRE_APPROVAL, "sub"))
 
 
-def _presence(type_: str | None, sender: str, to: str) -> domish.Element:
-    presence = domish.Element((None, "presence"))
-    if type_ is not None:
-        presence["type"] = type_
-    presence["from"] = sender
-    presence["to"] = to
-    return presence
-
-
 @implementer(IPlugin, IFeature)
 class Subscriptions:
     name = "subscriptions"
     disco_features = ()
+    requires = ("presence",)  # fires initial-presence
 
     def attach(self, server) -> None:
         self.server = server
@@ -49,6 +40,7 @@ class Subscriptions:
             for target in ("bare", "full"):
                 self.dispatcher.on(("presence", kind, target), self.inbound)
         self.dispatcher.hook("initial-presence", self.redeliver_pending)
+        self.dispatcher.hook("user-deleted", self.account_deleted)
 
     @defer.inlineCallbacks
     def outbound(self, event):
@@ -57,13 +49,8 @@ class Subscriptions:
         contact = event.to.userhost()
         if contact == session.bare:
             return True  # subscribing to oneself has no meaning; nothing to route
-        # Privacy first: a request to a blocked contact must not touch the
-        # roster before routing refuses it (XEP-0191 §3.5, XEP-0016 §2.13).
-        verdict = yield defer.maybeDeferred(self.server.privacy.check, event)
-        if isinstance(verdict, StanzaError):
-            raise verdict
-        if verdict is False:
-            return True
+        # The sender's privacy rules ran before this stage: a request to a
+        # blocked contact never reaches here, so the roster stays as it was.
         outcome = yield self._transition(
             session.user, session.host, contact, "outbound", event.type, keep=True
         )
@@ -76,7 +63,7 @@ class Subscriptions:
             # §3.1.2: the server stamps the user's bare JID and routes to the contact's bare JID.
             stanza = readdressed(event.stanza, contact, session.bare)
             # Waited for: the contact's side must have handled it before what follows.
-            yield self.dispatcher.deliver(stanza, user, parse_jid(contact))
+            yield self.dispatcher.route(stanza, user, parse_jid(contact))
         if outcome.send_presence and grant:
             # §3.1.5: the approval, then the presence it grants access to.
             self._send_own_presence(session.bare, contact, True)
@@ -91,7 +78,7 @@ class Subscriptions:
         online = bool(self.server.sessions.of(bare))
         if not online and not (yield self.server.store.user_exists(user, host)):
             if event.type == "subscribe":  # §3.1.3: no such user
-                self._route(_presence("unsubscribed", bare, contact))
+                self._route(presence("unsubscribed", bare, contact))
             return True
         outcome = yield self._transition(user, host, contact, "inbound", event.type, keep=online)
         if outcome.deliver:
@@ -99,7 +86,7 @@ class Subscriptions:
             router = self.server.router
             router.send_to_sessions(router.available(bare), stanza)
         if outcome.auto_reply is not None:
-            yield self._route(_presence(outcome.auto_reply, bare, contact))
+            yield self._route(presence(outcome.auto_reply, bare, contact))
         if outcome.send_presence:
             self._send_own_presence(bare, contact, event.type == "subscribe")
         return True
@@ -137,11 +124,11 @@ class Subscriptions:
             if available:
                 stanza = readdressed(session.presence, contact, session.full)
             else:
-                stanza = _presence("unavailable", session.full, contact)
-            self.dispatcher.deliver(stanza, session.jid, parse_jid(contact))
+                stanza = presence("unavailable", session.full, contact)
+            self.dispatcher.route(stanza, session.jid, parse_jid(contact))
 
     def _route(self, stanza: domish.Element):
-        return self.dispatcher.deliver(stanza, parse_jid(stanza["from"]), parse_jid(stanza["to"]))
+        return self.dispatcher.route(stanza, parse_jid(stanza["from"]), parse_jid(stanza["to"]))
 
     @defer.inlineCallbacks
     def redeliver_pending(self, session):
@@ -150,7 +137,16 @@ class Subscriptions:
         privacy = self.server.privacy
         for contact in sorted(roster.pending_in):
             if privacy.admits(session, parse_jid(contact), "presence", "subscribe"):
-                session.send(_presence("subscribe", contact, session.bare))
+                session.send(presence("subscribe", contact, session.bare))
+
+    @defer.inlineCallbacks
+    def account_deleted(self, user: str, host: str, roster):
+        """Contacts of a deleted account lose their subscriptions to it, one at a time."""
+        bare = f"{user}@{host}"
+        for item in list(roster.items.values()):
+            yield model.cancel_subscriptions(self.server, bare, item, item.jid in roster.pending_in)
+        for contact in sorted(roster.pending_in - set(roster.items)):
+            yield self._route(presence("unsubscribed", bare, contact))
 
 
 feature = Subscriptions()

@@ -20,9 +20,9 @@ class Version:
     def attach(self, server) -> None:
         options = server.options(self.name)
         query = domish.Element((NS_VERSION, "query"))
-        query.addElement("name", content=options.get("name", "imserver"))
-        query.addElement("version", content=options.get("version", imserver.__version__))
-        if options.get("os", True):
+        query.addElement("name", content=options.str("name", "imserver"))
+        query.addElement("version", content=options.str("version", imserver.__version__))
+        if options.bool("os", True):
             query.addElement(
                 "os", content=f"{platform.system()} / Python {platform.python_version()}"
             )

@@ -370,6 +370,9 @@ class _Stub:
     def hook(self, name: str, callback: object, priority: int = 0) -> None:
         self.hooks[name] = callback
 
+    def add_filter(self, direction: str, check: object) -> None:
+        pass
+
     def get_privacy(self, user: str, host: str):
         return succeed(self._settings)
 

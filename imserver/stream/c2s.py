@@ -15,12 +15,15 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.protocols.jabber.error import StanzaError, StreamError
 from twisted.words.protocols.jabber.xmpp_stringprep import nameprep, resourceprep
 from twisted.words.xish import domish
+from zope.interface import implementer
 
+from imserver.interfaces import ISessionStream
 from imserver.jid import JID
 from imserver.serialize import stanza_bytes
 from imserver.session import Session
@@ -289,6 +292,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         xs.send(result)
 
 
+@implementer(ISessionStream)
 class C2SStream(xmlstream.XmlStream):
     """One client connection: parsing with limits, timeouts, ordered dispatch.
 
@@ -316,6 +320,8 @@ class C2SStream(xmlstream.XmlStream):
         self.flow: FlowControl | None = None
         #: Set by fail() after an output overflow: end the session once the queue is handled.
         self._draining = False
+        #: The stream error condition we closed with (what a drained session ends with).
+        self._ended_by = ""
         self._overflow = None
         self._tally = server.connections
         self._counted_unauthenticated = False
@@ -333,6 +339,10 @@ class C2SStream(xmlstream.XmlStream):
     # -- connection lifecycle ---------------------------------------------
 
     def connectionMade(self) -> None:
+        if ITCPTransport.providedBy(self.transport):
+            # Nagle would hold a small reply written right after a large one (a
+            # roster) until the client's delayed ACK: up to 40 ms on Linux.
+            self.transport.setTcpNoDelay(True)
         self.peer_address = getattr(self.transport.getPeer(), "host", "")
         loopback = is_loopback(self.peer_address)
         self.plaintext_allowed = loopback and self.server.settings.c2s.allow_plaintext_on_loopback
@@ -366,9 +376,7 @@ class C2SStream(xmlstream.XmlStream):
             self._overflow.cancel()
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
-        session, self.session = self.session, None
-        if session is not None:
-            self.server.unbind(session)
+        self._end_session("lost")
         log.info("c2s connection from {peer} closed", peer=self.peer_address)
         super().connectionLost(reason)
         self.lost.callback(None)
@@ -422,6 +430,7 @@ class C2SStream(xmlstream.XmlStream):
         if not self.closed:
             self.sendFooter()
         self.closed = True
+        self._end_session("closed")
         self.close_transport()
 
     def close_transport(self) -> None:
@@ -440,17 +449,19 @@ class C2SStream(xmlstream.XmlStream):
         self.closed = True
         if self.namespace == "invalid":
             self.namespace = NS_CLIENT
+        self._ended_by = condition
         if drain and self._busy is not None and self.session is not None:
             self._draining = True
         else:
-            self._end_session()
+            self._end_session(condition)
         self.flow.closing()
         self.sendStreamError(StreamError(condition, text=text))
 
-    def _end_session(self) -> None:
+    def _end_session(self, reason: str) -> None:
+        """The session loses this stream; the server ends it unless a feature keeps it."""
         session, self.session = self.session, None
         if session is not None:
-            self.server.unbind(session)
+            self.server.stream_gone(session, reason)
 
     # -- stanzas -----------------------------------------------------------
 
@@ -464,10 +475,6 @@ class C2SStream(xmlstream.XmlStream):
         if self.session is None:
             self.authenticator.negotiate(element)
             return
-        if element.name not in STANZAS or element.uri != NS_CLIENT:
-            condition = "invalid-namespace" if element.uri != NS_CLIENT else ""
-            self.fail(condition or "unsupported-stanza-type")
-            return
         if self._busy is not None:
             self._queue.append(element)
             if len(self._queue) >= MAX_QUEUED:
@@ -476,8 +483,19 @@ class C2SStream(xmlstream.XmlStream):
         self._dispatch(element)
 
     def _dispatch(self, element: domish.Element) -> None:
+        dispatcher = self.server.dispatcher
         try:
-            pending = self.server.dispatcher.dispatch(element, self.session)
+            if element.uri == NS_CLIENT and element.name in STANZAS:
+                pending = dispatcher.dispatch(element, self.session)
+            else:
+                pending = dispatcher.dispatch_element(element, self.session)
+                if pending is False:  # no feature takes it (RFC 6120 §4.9.3.12, §4.9.3.24)
+                    self.fail(
+                        "unsupported-stanza-type"
+                        if element.uri == NS_CLIENT
+                        else "invalid-namespace"
+                    )
+                    return
         except Exception:
             # Name, type and id only: a payload may hold a password (XEP-0077).
             log.failure(
@@ -498,7 +516,7 @@ class C2SStream(xmlstream.XmlStream):
             self._dispatch(self._queue.popleft())
         if self._draining and self._busy is None:
             self._draining = False
-            self._end_session()
+            self._end_session(self._ended_by)
         if len(self._queue) < MAX_QUEUED // 2:
             self.flow.resume_reading("queue")
 

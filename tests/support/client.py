@@ -115,8 +115,11 @@ class RawClient:
         address: str = "127.0.0.1",
         domain: str = "localhost",
         timeout: float = 5.0,
+        alpn: list[str] | None = None,
     ) -> None:
         self.address = address
+        #: ALPN protocols to offer in the TLS handshake (RFC 7301), if any.
+        self.alpn = alpn
         self.port = port
         self.tls_port = tls_port
         self.domain = domain
@@ -379,6 +382,8 @@ class RawClient:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE  # the server's certificate is self-signed
+        if self.alpn is not None:
+            context.set_alpn_protocols(self.alpn)
         return context.wrap_socket(sock, server_hostname=self.domain)
 
     def _deadline(self, timeout: float | None) -> float:
