@@ -219,7 +219,7 @@ def from_dict(raw: dict[str, Any], base: Path | None = None) -> Settings:
     )
 
 
-def _http(http: _Reader, data_dir: Path) -> HTTPSettings:
+def _http(http: OptionReader, data_dir: Path) -> HTTPSettings:
     certificate, key = http.str("certificate", ""), http.str("key", "")
     if bool(certificate) != bool(key):
         raise ConfigError(f"{http.prefix}certificate: give both certificate and key, or neither")
