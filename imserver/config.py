@@ -61,7 +61,7 @@ class HTTPSettings:
     tls_port: int = 0
     certificate: Path | None = None
     key: Path | None = None
-    cors_origins: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ("*",)
     #: A TLS-terminating proxy is in front: plain HTTP counts as secure for SASL.
     behind_tls_proxy: bool = False
     #: Base URL for host-meta links, e.g. "https://chat.example.net" (default: from the request).
@@ -223,7 +223,7 @@ def _http(http: OptionReader, data_dir: Path) -> HTTPSettings:
     certificate, key = http.str("certificate", ""), http.str("key", "")
     if bool(certificate) != bool(key):
         raise ConfigError(f"{http.prefix}certificate: give both certificate and key, or neither")
-    origins = tuple(http.list("cors_origins", [], str))
+    origins = tuple(http.list("cors_origins", ["*"], str))
     for origin in origins:
         if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
             raise ConfigError(

@@ -7,6 +7,8 @@ stanza that relied on an undeclared jabber:client namespace fails here.
 from __future__ import annotations
 
 import json
+import ssl
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -15,6 +17,8 @@ from support.client import (
     IQ,
     MESSAGE,
     NS_CLIENT,
+    NS_SASL,
+    NS_STREAM_ERRORS,
     PRESENCE,
     STREAM_ERROR,
     RawClient,
@@ -23,7 +27,7 @@ from support.client import (
 )
 from support.im import AccountPool
 from support.server import ServerProcess
-from support.web import CLOSE, NS_FRAMING, OPEN, WSClient
+from support.web import CLOSE, NS_FRAMING, OPEN, BoshClient, WSClient
 from test_abuse import MIB
 from test_abuse import _kernel_buffers as kernel_buffers
 from websockets.exceptions import InvalidStatus
@@ -252,3 +256,52 @@ def test_host_meta_advertises_both_endpoints(server: ServerProcess) -> None:
     assert "http://docs.oasis-open.org/ns/xri/xrd-1.0" in xrd
     assert f'href="ws://{host}/xmpp-websocket"' in xrd
     assert f'href="http://{host}/http-bind"' in xrd
+
+
+def test_wss_on_the_tls_port_counts_as_secure(make_server) -> None:
+    """Over TLS (no plaintext allowance), SASL is offered: the WebSocket is secure."""
+    secure = make_server(http={"port": 0, "tls_port": 0})
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the self-signed test certificate
+    client = WSClient(secure.http_tls_port)
+    client.url = f"wss://127.0.0.1:{secure.http_tls_port}/xmpp-websocket"
+    client.ws = connect(client.url, subprotocols=["xmpp"], ssl=context, legacy=True)
+    try:
+        features = client.open()
+        mechanisms = [m.text for m in features.iter(clark(NS_SASL, "mechanism"))]
+        assert "SCRAM-SHA-256" in mechanisms and "PLAIN" in mechanisms
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("proxy", [False, True])
+def test_plain_http_is_secure_only_behind_a_tls_proxy(make_server, proxy: bool) -> None:
+    target = make_server(http={"port": 0, "behind_tls_proxy": proxy})
+    client = WSClient(target.http_port).connect()
+    try:
+        features = client.open()
+        offered = features.find(clark(NS_SASL, "mechanisms")) is not None
+        assert offered == proxy
+    finally:
+        client.close()
+
+
+def test_shutdown_ends_websocket_and_bosh_streams_with_system_shutdown(make_server) -> None:
+    target = make_server(http=WEB, c2s=PLAINTEXT)
+    web = WSClient(target.http_port).connect()
+    web.open()
+    bosh = BoshClient(target.http_port)
+    try:
+        bosh.start(wait=30)
+        held = bosh.send()
+        time.sleep(0.2)
+        assert target.stop() == 0
+        web.expect_stream_error("system-shutdown")
+        body = held.result(10)
+        assert body.get("type") == "terminate" and body.get("condition") == "remote-stream-error"
+        error = body.find(clark("http://etherx.jabber.org/streams", "error"))
+        assert error.find(clark(NS_STREAM_ERRORS, "system-shutdown")) is not None
+    finally:
+        web.close()
+        bosh.close()

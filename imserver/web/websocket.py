@@ -237,7 +237,8 @@ class XMPPWebSocketFactory(WebSocketServerFactory):
             maxFramePayloadSize=limits.max_stanza_size + _MESSAGE_SLACK,
             openHandshakeTimeout=limits.unauthenticated_timeout,
             closeHandshakeTimeout=5,
-            allowedOrigins=list(http.cors_origins) or ["*"],
+            # Browsers send Origin; a handshake from a page elsewhere is refused (403).
+            allowedOrigins=list(http.cors_origins),
             # No permessage-deflate: compressing attacker-influenced text next to
             # secrets is what CRIME/BREACH exploit, and it costs CPU per message.
             perMessageCompressionAccept=lambda offers: None,
