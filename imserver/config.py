@@ -114,6 +114,8 @@ class Limits:
     #: Connections not yet authenticated, from all addresses together.
     max_unauthenticated: int = 1000
     roster_size: int = 1000
+    #: Bytes (UTF-8) of a roster item's name and of each of its group names.
+    roster_text_length: int = 1023
     offline_messages: int = 1000
 
 

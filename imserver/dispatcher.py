@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
+from imserver import lang
 from imserver.jid import JID, InvalidFormat, parse_jid
 
 if TYPE_CHECKING:
@@ -420,7 +421,7 @@ class Dispatcher:
     def error(self, event: Event, error: StanzaError) -> None:
         """Answer C{event}'s sender with C{error} (never for an error or an iq result)."""
         if event.stream is not None:
-            event.stream.send_stanza(error.toResponse(event.stanza))
+            event.stream.send_stanza(lang.labelled(error).toResponse(event.stanza))
             return
         self.bounce(event.stanza, error)
 

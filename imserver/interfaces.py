@@ -118,8 +118,9 @@ class IRosterStore(Interface):
         """Apply one change atomically.
 
         C{items} maps a contact's bare JID to a L{imserver.roster.RosterItem}, or to
-        None to delete it; C{pending_in} maps a contact's bare JID to True (store the
-        pending request) or False (forget it); C{version} is the roster's new version.
+        None to delete it; C{pending_in} maps a contact's bare JID to its pending
+        request (the serialised stanza, to store) or None (forget it); C{version}
+        is the roster's new version.
         """
 
 
@@ -139,11 +140,13 @@ class IPrivacyStore(Interface):
     def get_privacy(user, host):
         """Fire with an L{imserver.privacy.PrivacySettings}."""
 
-    def put_privacy_list(user, host, name, items):
-        """Create or replace one list (an empty C{items} removes it)."""
+    def write_privacy(user, host, lists, default):
+        """Apply one change atomically: replace lists and set the default together.
 
-    def set_default_list(user, host, name):
-        """Set (or with None, decline) the default list."""
+        C{lists} maps a list name to its items (an empty sequence removes the
+        list); C{default} is the default list's name, or None to decline one.
+        A failure leaves the stored lists and default as they were.
+        """
 
 
 class IStore(IUserStore, IRosterStore, IOfflineStore, IPrivacyStore):

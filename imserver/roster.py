@@ -52,11 +52,16 @@ class RosterItem:
 
 @dataclass
 class Roster:
-    """A user's roster as stored: version, items by bare JID, pending inbound requests."""
+    """A user's roster as stored: version, items by bare JID, pending inbound requests.
+
+    C{pending_in} maps a contact's bare JID to its subscription request as
+    received (serialised), so the request redelivered at login is the one the
+    contact sent: its id, status text, nick (XEP-0172) and other children.
+    """
 
     version: int = 0
     items: dict[str, RosterItem] = field(default_factory=dict)
-    pending_in: set[str] = field(default_factory=set)
+    pending_in: dict[str, str] = field(default_factory=dict)
     _wire: tuple[int, domish.SerializedXML] | None = field(default=None, repr=False, compare=False)
 
     def wire_query(self) -> domish.SerializedXML:
@@ -129,9 +134,13 @@ class RosterCache:
         host: str,
         roster: Roster,
         items: dict[str, RosterItem | None] | None = None,
-        pending_in: dict[str, bool] | None = None,
+        pending_in: dict[str, str | None] | None = None,
     ) -> Deferred:
-        """Store a change to C{roster}, then apply it to C{roster}; fire with the new version."""
+        """Store a change to C{roster}, then apply it to C{roster}; fire with the new version.
+
+        C{items} maps a contact to its new item (None removes it); C{pending_in}
+        a contact to the request to keep (None forgets it).
+        """
         items = items or {}
         pending_in = pending_in or {}
         version = roster.version + 1 if items else roster.version
@@ -144,11 +153,11 @@ class RosterCache:
                     roster.items.pop(jid, None)
                 else:
                     roster.items[jid] = item
-            for jid, pending in pending_in.items():
-                if pending:
-                    roster.pending_in.add(jid)
+            for jid, request in pending_in.items():
+                if request is None:
+                    roster.pending_in.pop(jid, None)
                 else:
-                    roster.pending_in.discard(jid)
+                    roster.pending_in[jid] = request
             return version
 
         return d.addCallback(applied)

@@ -20,6 +20,7 @@ from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 from zope.interface import implementer
 
+from imserver import lang
 from imserver.interfaces import IRoute, ISessionRegistry
 from imserver.jid import JID, parse_jid
 from imserver.serialize import stanza_bytes
@@ -150,7 +151,7 @@ class Router:
         type_ = stanza.getAttribute("type")
         if type_ == "error" or (stanza.name == "iq" and type_ == "result"):
             return
-        response = error.toResponse(stanza)
+        response = lang.labelled(error).toResponse(stanza)
         to = response.getAttribute("to")
         if to is not None:
             self.send_to_jid(parse_jid(to), response)

@@ -25,7 +25,7 @@ def _text(value: str) -> str:
     return value
 
 
-def _attribute(value: str) -> str:
+def escape_attribute(value: str) -> str:
     if "&" in value or "<" in value or ">" in value or "'" in value or '"' in value:
         return (
             value.replace("&", "&amp;")
@@ -67,14 +67,14 @@ def _serialize(root: domish.Element, default_ns: str) -> str:
         write("<" + name)
         uri = element.uri
         if uri is not None and uri != inherited:
-            write(" xmlns='" + _attribute(uri) + "'")
+            write(" xmlns='" + escape_attribute(uri) + "'")
             inherited = uri
         for key, value in element.attributes.items():
             if key.__class__ is tuple:
                 if key[0] != NS_XML:
                     raise _Unusual
                 key = "xml:" + key[1]
-            write(" " + key + "='" + _attribute(value) + "'")
+            write(" " + key + "='" + escape_attribute(value) + "'")
         children = element.children
         if not children:
             write("/>")

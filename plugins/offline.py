@@ -63,13 +63,27 @@ class Offline:
         One at a time, waiting for the client to read each: a flush of
         hundreds of messages must not trip the output limit of a client that
         reads normally. Whatever a closing stream did not get is stored again.
+
+        The user's privacy rules as they are now decide, not those in force when
+        a message was stored: a contact blocked since must not get through by
+        way of the store. Such a message is dropped without an error: an error
+        now would tell the blocked sender the moment the user came online.
+        The rules are loaded before anything is taken from the store, so a
+        failure to load them leaves the messages stored.
         """
+        privacy = self.server.privacy
+        yield privacy.ready(session)
         stored = yield self.store.pop_offline(session.user, session.host)
         for index, xml in enumerate(stored):
             if not session.connected:
                 yield self._store_again(session, stored[index:])
                 return
-            session.send(parse_stanza(xml))
+            stanza = parse_stanza(xml)
+            sender = parse_jid(stanza.getAttribute("from") or session.host)
+            type_ = stanza.getAttribute("type") or "normal"
+            if not privacy.admits(session, sender, "message", type_):
+                continue
+            session.send(stanza)
             yield session.drained()
 
     @defer.inlineCallbacks

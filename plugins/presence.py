@@ -16,6 +16,26 @@ from imserver.jid import parse_jid
 from imserver.stanzas import presence, readdressed
 
 NS_CLIENT = "jabber:client"
+#: RFC 6121 §4.7.2.1: the only values of <show/>.
+SHOW_VALUES = frozenset(("away", "chat", "dnd", "xa"))
+#: Key in Session.extra: bare JIDs that answered this session's presence with an error.
+ERRORS_KEY = "presence-errors"
+
+
+def _check_available(stanza: domish.Element) -> int:
+    """Validate an available presence's <show/> and <priority/>; return the priority.
+
+    RFC 6121 §4.7.2.1 and §4.7.2.3: at most one of each, show without
+    attributes and one of L{SHOW_VALUES}. Anything else is bad-request.
+    """
+    shows = list(stanza.elements(NS_CLIENT, "show"))
+    if len(shows) > 1:
+        raise StanzaError("bad-request", text="at most one show")
+    if shows and (shows[0].attributes or str(shows[0]).strip() not in SHOW_VALUES):
+        raise StanzaError("bad-request", text="show must be away, chat, dnd or xa")
+    if sum(1 for _ in stanza.elements(NS_CLIENT, "priority")) > 1:
+        raise StanzaError("bad-request", text="at most one priority")
+    return _priority(stanza)
 
 
 def _priority(stanza: domish.Element) -> int:
@@ -44,14 +64,18 @@ class Presence:
             dispatcher.on(("out", "presence", type_), self.outbound)
         for target in ("bare", "full"):
             dispatcher.on(("presence", "probe", target), self.probe)
+        dispatcher.on(("presence", "error", "full"), self.inbound_error)
         dispatcher.hook("session-ended", self.session_ended)
 
     # -- the user's own presence -------------------------------------------
 
     def outbound(self, event):
+        if event.type == "available":
+            _check_available(event.stanza)
         if event.stanza.getAttribute("to") is None:
             return self.broadcast(event.origin, event.stanza, event.type)
-        # Directed presence (RFC 6121 §4.6): remember who must hear we left.
+        # Directed presence (RFC 6121 §4.6): remember who must hear we left, also
+        # when sent before initial presence (RFC 3921 §5.1.4 rule 3).
         if event.type == "available":
             event.origin.directed.add(event.to.full())
         else:
@@ -60,11 +84,20 @@ class Presence:
 
     @defer.inlineCallbacks
     def broadcast(self, session, stanza: domish.Element, type_: str):
-        """Send the user's presence to subscribers and own resources (RFC 6121 §4.2, §4.4, §4.5)."""
+        """Send the user's presence to subscribers and own resources (RFC 6121 §4.2, §4.4, §4.5).
+
+        Subscribers that answered this session's presence with an error get no
+        more of it (RFC 3921 §5.1.2, condition 3). A resource that never was
+        available tells only the recipients of its directed presence that it left.
+        """
+        if type_ == "unavailable" and not session.available:
+            session.send(readdressed(stanza, session.full))
+            self._end_directed(session, stanza, set())
+            return True
         initial = False
         was_reachable = session.available and session.priority >= 0
         if type_ == "available":
-            session.priority = _priority(stanza)
+            session.priority = _check_available(stanza)
             initial = not session.available
             session.available = True
             session.presence = stanza
@@ -72,19 +105,19 @@ class Presence:
             session.available = False
             session.presence = None
         roster = yield self.server.rosters.get(session.user, session.host, keep=True)
-        subscribers = [item.jid for item in roster.items.values() if item.subscribed_from]
+        refused = session.extra.get(ERRORS_KEY, ())
+        subscribers = [
+            item.jid
+            for item in roster.items.values()
+            if item.subscribed_from and item.jid not in refused
+        ]
         for contact in subscribers:
             self._send(readdressed(stanza, contact), session.jid, contact)
         for own in self.server.sessions.of(session.bare):
             if own.available or own is session:
                 own.send(readdressed(stanza, own.full))
         if type_ == "unavailable":
-            told = set(subscribers)
-            for jid in session.directed:
-                # A subscriber had it from the broadcast, whichever of its JIDs got presence.
-                if parse_jid(jid).userhost() not in told:
-                    self._send(readdressed(stanza, jid), session.jid, jid)
-            session.directed.clear()
+            self._end_directed(session, stanza, set(subscribers))
         if initial:
             self._probe_contacts(session, roster)
             yield self.dispatcher.fire("initial-presence", session)
@@ -93,6 +126,14 @@ class Presence:
             # raising a negative priority (XEP-0160 §3 offline delivery hooks here).
             yield self.dispatcher.fire("reachable", session)
         return True
+
+    def _end_directed(self, session, stanza: domish.Element, told: set[str]) -> None:
+        """Tell directed-presence recipients not in C{told} (bare JIDs) we left; forget them."""
+        for jid in session.directed:
+            # A subscriber had it from the broadcast, whichever of its JIDs got presence.
+            if parse_jid(jid).userhost() not in told:
+                self._send(readdressed(stanza, jid), session.jid, jid)
+        session.directed.clear()
 
     def _probe_contacts(self, session, roster) -> None:
         """Ask each contact we are subscribed to for its presence (RFC 6121 §4.2.2)."""
@@ -119,7 +160,18 @@ class Presence:
 
     # -- presence addressed to a local user ---------------------------------
     # Available, unavailable and error presence is delivered by the router
-    # (RFC 6121 §8.5); only probes are answered here.
+    # (RFC 6121 §8.5); probes are answered here, and errors noted on their way.
+
+    def inbound_error(self, event) -> bool:
+        """A presence error for a resource: it broadcasts no more to that contact.
+
+        Returns False: the router still delivers it (a bare-JID one is dropped,
+        RFC 6121 §8.5.2.1.2).
+        """
+        session = self.server.sessions.get(event.to.userhost(), event.to.resource)
+        if session is not None:
+            session.extra.setdefault(ERRORS_KEY, set()).add(event.sender.userhost())
+        return False
 
     @defer.inlineCallbacks
     def probe(self, event):

@@ -62,8 +62,12 @@ class Roster:
         # RFC 6121 §2.1.2.5: in a roster set "the server MUST ignore all values
         # of the 'subscription' attribute other than 'remove'" (so do 'ask' and
         # 'approved': only the subscription stanzas change them).
-        groups = _groups(element)
+        limit = self.server.limits.roster_text_length
+        groups = _groups(element, limit)
         name = element.getAttribute("name") or None
+        if name is not None and len(name.encode("utf-8")) > limit:
+            # RFC 6121 §2.3.3: longer than a server-configured limit.
+            raise StanzaError("not-acceptable", text=f"a name may have at most {limit} bytes")
         return self.server.rosters.exclusive(
             session.user, session.host, self._update, event, contact, name, groups
         )
@@ -102,7 +106,7 @@ class Roster:
             raise StanzaError("item-not-found")
         pending_in = contact in roster.pending_in
         version = yield self.server.rosters.write(
-            session.user, session.host, roster, items={contact: None}, pending_in={contact: False}
+            session.user, session.host, roster, items={contact: None}, pending_in={contact: None}
         )
         event.answer()
         model.push(self.server.router, session.bare, item, version, removed=True)
@@ -129,10 +133,12 @@ def _contact(item: domish.Element) -> str:
     return jid.userhost()
 
 
-def _groups(item: domish.Element) -> tuple[str, ...]:
+def _groups(item: domish.Element, limit: int) -> tuple[str, ...]:
     groups = [str(g).strip() for g in item.elements(NS_ROSTER, "group")]
     if any(not g for g in groups):
         raise StanzaError("not-acceptable", text="empty group name")
+    if any(len(g.encode("utf-8")) > limit for g in groups):
+        raise StanzaError("not-acceptable", text=f"a group name may have at most {limit} bytes")
     if len(set(groups)) != len(groups):
         raise StanzaError("bad-request", text="duplicate group")
     return tuple(groups)

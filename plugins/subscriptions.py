@@ -15,7 +15,9 @@ from imserver import roster as model
 from imserver import subscription as table
 from imserver.interfaces import IFeature
 from imserver.jid import parse_jid
+from imserver.serialize import stanza_bytes
 from imserver.stanzas import presence, readdressed
+from imserver.stream.parser import parse_stanza
 
 KINDS = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
 NS_PRE_APPROVAL = "urn:xmpp:features:pre-approval"
@@ -80,9 +82,13 @@ class Subscriptions:
             if event.type == "subscribe":  # §3.1.3: no such user
                 self._route(presence("unsubscribed", bare, contact))
             return True
-        outcome = yield self._transition(user, host, contact, "inbound", event.type, keep=online)
+        stanza = readdressed(event.stanza, bare, contact)
+        # A request that ends up pending is kept as sent, for redelivery at login.
+        request = stanza_bytes(stanza).decode("utf-8") if event.type == "subscribe" else None
+        outcome = yield self._transition(
+            user, host, contact, "inbound", event.type, keep=online, request=request
+        )
         if outcome.deliver:
-            stanza = readdressed(event.stanza, bare, contact)
             router = self.server.router
             router.send_to_sessions(router.available(bare), stanza)
         if outcome.auto_reply is not None:
@@ -92,15 +98,35 @@ class Subscriptions:
         return True
 
     def _transition(
-        self, user: str, host: str, contact: str, direction: str, kind: str, keep: bool
+        self,
+        user: str,
+        host: str,
+        contact: str,
+        direction: str,
+        kind: str,
+        keep: bool,
+        request: str | None = None,
     ):
-        """Apply the table's answer to the stored roster, alone among the user's roster changes."""
+        """Apply the table's answer to the stored roster, alone among the user's roster changes.
+
+        C{request} is the serialised inbound subscribe: what is stored when it
+        leaves the contact Pending In.
+        """
         return self.server.rosters.exclusive(
-            user, host, self._apply, user, host, contact, direction, kind, keep
+            user, host, self._apply, user, host, contact, direction, kind, keep, request
         )
 
     @defer.inlineCallbacks
-    def _apply(self, user: str, host: str, contact: str, direction: str, kind: str, keep: bool):
+    def _apply(
+        self,
+        user: str,
+        host: str,
+        contact: str,
+        direction: str,
+        kind: str,
+        keep: bool,
+        request: str | None,
+    ):
         roster = yield self.server.rosters.get(user, host, keep=keep)
         item = roster.items.get(contact)
         pending = contact in roster.pending_in
@@ -110,7 +136,9 @@ class Subscriptions:
         new_item = table.apply(item, contact, outcome)
         items = {contact: new_item} if new_item != item else {}
         pending_in = (
-            {contact: outcome.state.pending_in} if outcome.state.pending_in != pending else {}
+            {contact: request if outcome.state.pending_in else None}
+            if outcome.state.pending_in != pending
+            else {}
         )
         if items or pending_in:
             version = yield self.server.rosters.write(user, host, roster, items, pending_in)
@@ -132,12 +160,16 @@ class Subscriptions:
 
     @defer.inlineCallbacks
     def redeliver_pending(self, session):
-        """Pending requests reach the user again at each login (RFC 6121 §3.1.3)."""
+        """Pending requests reach the user again at each login (RFC 6121 §3.1.3).
+
+        Each is the stanza the contact sent (id, status, nick and all), as stored.
+        """
         roster = yield self.server.rosters.get(session.user, session.host, keep=True)
         privacy = self.server.privacy
-        for contact in sorted(roster.pending_in):
+        yield privacy.ready(session)
+        for contact, request in sorted(roster.pending_in.items()):
             if privacy.admits(session, parse_jid(contact), "presence", "subscribe"):
-                session.send(presence("subscribe", contact, session.bare))
+                session.send(parse_stanza(request))
 
     @defer.inlineCallbacks
     def account_deleted(self, user: str, host: str, roster):
@@ -145,7 +177,7 @@ class Subscriptions:
         bare = f"{user}@{host}"
         for item in list(roster.items.values()):
             yield model.cancel_subscriptions(self.server, bare, item, item.jid in roster.pending_in)
-        for contact in sorted(roster.pending_in - set(roster.items)):
+        for contact in sorted(set(roster.pending_in) - set(roster.items)):
             yield self._route(presence("unsubscribed", bare, contact))
 
 

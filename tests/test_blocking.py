@@ -6,6 +6,7 @@ error is checked element by element.
 
 from __future__ import annotations
 
+import sqlite3
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 
@@ -352,3 +353,44 @@ def test_an_active_list_overrides_the_blocklist(make_client: MakeClient, pool: A
     assert answer.get("type") == "result", to_text(answer)
     chat(bob, alice.jid, "through the open list")
     alice.expect(body_is("through the open list"))
+
+
+# -- one transaction per change -------------------------------------------------------------------
+
+
+def test_a_failed_store_write_keeps_neither_the_list_nor_the_default(
+    make_client: MakeClient, pool: AccountPool, server
+):
+    """Blocking without a default list creates a list and makes it the default: one
+    transaction. The database refuses the default's row; neither half may remain."""
+    (account,) = pool.take(1)
+    username = account[0].partition("@")[0]
+    database = server.data_dir / "imserver.sqlite"
+    _sql(
+        database,
+        f"CREATE TRIGGER refuse_{username} BEFORE INSERT ON privacy_default"
+        f" WHEN NEW.username = '{username}' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+    )
+    user = login(make_client, account)
+    assert command(user, "block", "romeo@montague.net")[1] == "internal-server-error"
+    assert _sql(database, f"SELECT name FROM privacy_lists WHERE username = '{username}'") == []
+    assert _sql(database, f"SELECT name FROM privacy_default WHERE username = '{username}'") == []
+    # Nor does the server believe otherwise: nothing blocked, no list.
+    assert blocklist(user) == []
+    assert list(privacy_get(user)) == []
+
+    _sql(database, f"DROP TRIGGER refuse_{username}")
+    block(user, "romeo@montague.net")
+    assert _sql(database, f"SELECT name FROM privacy_default WHERE username = '{username}'") == [
+        ("blocklist",)
+    ]
+
+
+def _sql(database, statement: str) -> list[tuple]:
+    """One statement on the running server's SQLite file (WAL: safe alongside it)."""
+    connection = sqlite3.connect(database, timeout=10)
+    try:
+        with connection:
+            return connection.execute(statement).fetchall()
+    finally:
+        connection.close()

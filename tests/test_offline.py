@@ -201,3 +201,75 @@ def test_limit_bounces_further_messages(make_client: MakeClient, pool: AccountPo
     alice.assert_nothing()
     bob.available()
     assert body(bob.expect(message(alice.jid))) == "n9"
+
+
+# -- privacy rules apply when stored messages are delivered, not when they were stored -------
+
+NS_BLOCKING = "urn:xmpp:blocking"
+NS_PRIVACY = "jabber:iq:privacy"
+
+
+def _store_chats(make_client: MakeClient, senders: list, to: str) -> list[User]:
+    """Each sender (an account) sends C{to} a chat whose body is its bare JID; all stored."""
+    users = [online(make_client, account) for account in senders]
+    for user in users:
+        user.send(f"<message type='chat' to='{to}'><body>{user.bare}</body></message>")
+    for user in users:
+        user.assert_nothing()  # stored, not bounced
+    return users
+
+
+def _bodies(user: User) -> list[str | None]:
+    return [body(m) for m in user.received() if m.tag == MESSAGE]
+
+
+def test_a_contact_blocked_after_storing_is_not_delivered(
+    make_client: MakeClient, pool: AccountPool
+) -> None:
+    alice_account, bob_account, carol_account = pool.take(3)
+    bob, carol = _store_chats(make_client, [bob_account, carol_account], alice_account[0])
+    alice = login(make_client, alice_account)  # bound but not available: nothing flushed yet
+    answer = alice.iq(
+        f"<iq type='set'><block xmlns='{NS_BLOCKING}'><item jid='{bob.bare}'/></block></iq>"
+    )
+    assert answer.get("type") == "result", to_text(answer)
+    come_online(alice)
+    assert _bodies(alice) == [carol.bare]
+    bob.assert_nothing()  # dropped without an error: the block stays secret
+    # Dropped, not kept for later: unblocking does not bring it back.
+    answer = alice.iq(f"<iq type='set'><unblock xmlns='{NS_BLOCKING}'/></iq>")
+    assert answer.get("type") == "result", to_text(answer)
+    alice.client.close()
+    alice = login(make_client, alice_account)
+    come_online(alice)
+    assert _bodies(alice) == []
+
+
+def test_a_default_privacy_list_set_after_storing_applies(
+    make_client: MakeClient, pool: AccountPool
+) -> None:
+    """A rule that needs the roster (subscription='none': not a contact) at flush time."""
+    alice_account, friend_account, stranger_account = pool.take(3)
+    alice = online(make_client, alice_account)
+    friend = online(make_client, friend_account)
+    friend.send(f"<presence type='subscribe' to='{alice.bare}'/>")
+    alice.expect(presence(friend.bare, "subscribe"))
+    alice.send(f"<presence type='subscribed' to='{friend.bare}'/>")
+    friend.expect(presence(alice.bare, "subscribed"))
+    alice.client.close()
+    friend.client.close()
+    _store_chats(make_client, [friend_account, stranger_account], alice_account[0])
+
+    alice = login(make_client, alice_account)
+    for inner in (
+        "<list name='contacts-only'><item type='subscription' value='none' action='deny'"
+        " order='1'><message/></item></list>",
+        "<default name='contacts-only'/>",
+    ):
+        answer = alice.iq(f"<iq type='set'><query xmlns='{NS_PRIVACY}'>{inner}</query></iq>")
+        assert answer.get("type") == "result", to_text(answer)
+    # A fresh session: its rules and roster are loaded from the store at login.
+    alice.client.close()
+    alice = login(make_client, alice_account)
+    alice.send("<presence/>")
+    assert _bodies(alice) == [friend_account[0]]

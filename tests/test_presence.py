@@ -280,3 +280,77 @@ def test_directed_presence_to_a_subscriber_ends_with_one_unavailable(
     alice.send("<presence type='unavailable'/>")
     bob.expect(presence(alice.jid, "unavailable"))
     bob.assert_nothing()
+
+
+# -- issue 9 round-offs: show values, directed presence before initial, presence errors --------
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        "<show>busy</show>",
+        "<show></show>",
+        "<show>away</show><show>xa</show>",
+        "<show mood='x'>away</show>",
+        "<priority>1</priority><priority>2</priority>",
+    ],
+    ids=["unknown-value", "empty", "two-shows", "attribute", "two-priorities"],
+)
+def test_invalid_show_or_priority_is_bad_request_and_not_broadcast(
+    make_client: MakeClient, pool: AccountPool, inner: str
+) -> None:
+    """RFC 6121 §4.7.2.1: show is one of away, chat, dnd, xa; at most one show and priority."""
+    alice_account, bob_account = pool.take(2)
+    alice = online(make_client, alice_account)
+    bob = online(make_client, bob_account)
+    subscribe(bob, alice)
+    settle(alice, bob)
+    alice.send(f"<presence id='p1'>{inner}</presence>")
+    error = alice.expect(presence(None, "error"))
+    assert (error.get("id"), stanza_error(error)) == ("p1", ("modify", "bad-request"))
+    bob.assert_nothing()
+    # Directed presence is held to the same rules.
+    alice.send(f"<presence id='p2' to='{bob.jid}'>{inner}</presence>")
+    error = alice.expect(presence(None, "error"))
+    assert (error.get("id"), stanza_error(error)) == ("p2", ("modify", "bad-request"))
+    bob.assert_nothing()
+    # Every valid value passes.
+    for value in ("away", "chat", "dnd", "xa"):
+        alice.send(f"<presence><show>{value}</show></presence>")
+        assert show(bob.expect(presence(alice.jid))) == value
+
+
+def test_directed_presence_before_initial_presence(
+    make_client: MakeClient, pool: AccountPool
+) -> None:
+    """RFC 3921 §5.1.4 rule 3 / RFC 6121 §4.6: a resource that is not available may send
+    directed presence; only its recipients hear that it left, not the subscribers."""
+    alice, bob, carol, dave, eve = circle(make_client, pool)
+    quiet = login(make_client, (alice.bare, alice.password), "quiet")  # never available
+    quiet.send(f"<presence to='{eve.jid}'><status>only eve</status></presence>")
+    assert status(eve.expect(presence(quiet.jid))) == "only eve"
+    quiet.client.close()
+    eve.expect(presence(quiet.jid, "unavailable"))
+    for user in (alice, bob, dave):  # never told it was available: nothing to withdraw
+        user.assert_nothing(presence(quiet.jid, "unavailable"))
+    eve.assert_nothing()
+
+
+def test_no_more_broadcasts_to_a_contact_that_answered_with_an_error(
+    make_client: MakeClient, pool: AccountPool
+) -> None:
+    """RFC 3921 §5.1.2 (3): broadcasts go to subscribers "from whom the server has not
+    received a presence error during the user's session"."""
+    alice, bob, carol, dave, eve = circle(make_client, pool)
+    error = f"<error type='cancel'><service-unavailable xmlns='{NS_STANZAS}'/></error>"
+    bob.send(f"<presence type='error' to='{alice.jid}'>{error}</presence>")
+    alice.expect(presence(bob.jid, "error"))
+    alice.send("<presence><show>away</show></presence>")
+    assert show(dave.expect(presence(alice.jid))) == "away"
+    bob.assert_nothing()
+    alice.client.close()
+    dave.expect(presence(alice.jid, "unavailable"))
+    bob.assert_nothing()
+    # "During the user's session": a new session broadcasts to bob again.
+    again = online(make_client, (alice.bare, alice.password))
+    bob.expect(presence(again.jid))

@@ -304,6 +304,26 @@ def test_roster_size_limit_is_not_allowed(
     assert sorted(alice.roster_items()) == ["a@localhost", "b@localhost"]
 
 
+def test_name_and_group_length_limits_are_not_acceptable(
+    make_client: MakeClient, pool: AccountPool
+) -> None:
+    """RFC 6121 §2.3.3: limits.roster_text_length (1023 bytes of UTF-8 by default)."""
+    (account,) = pool.take(1)
+    alice = login(make_client, account)
+    longest = "ü" * 511 + "x"  # 1023 bytes
+    too_long = longest + "y"
+    assert roster_set(alice, f"<item jid='a@localhost' name='{too_long}'/>") == (
+        "modify",
+        "not-acceptable",
+    )
+    group = f"<item jid='a@localhost'><group>ok</group><group>{too_long}</group></item>"
+    assert roster_set(alice, group) == ("modify", "not-acceptable")
+    assert alice.roster_items() == {}  # nothing of either was stored
+    fits = f"<item jid='a@localhost' name='{longest}'><group>{longest}</group></item>"
+    assert roster_set(alice, fits) == (None, None)
+    assert alice.roster_items()["a@localhost"]["name"] == longest
+
+
 # -- versioning (§2.6) ---------------------------------------------------------------
 
 

@@ -20,9 +20,27 @@ from imserver.interfaces import IStore
 from imserver.privacy import PrivacyItem, PrivacySettings
 from imserver.roster import Roster, RosterItem
 from imserver.storage import SQLStore, open_store, schema
+from imserver.stream.parser import parse_stanza
 
 HOST = "example.org"
 OTHER_HOST = "example.net"
+#: The migration steps as released (tests patch schema.MIGRATIONS).
+ALL_STEPS = list(schema.MIGRATIONS)
+
+
+def request(contact: str, inner: str = "") -> str:
+    """A stored subscription request from C{contact} to alice, as the server keeps it."""
+    return (
+        f"<presence type='subscribe' from='{contact}' to='alice@{HOST}' id='sub-1'>"
+        f"{inner}</presence>"
+    )
+
+
+#: A request with status text and a XEP-0172 nick.
+EVE = request(
+    "eve@example.com",
+    "<status>It is Eve</status><nick xmlns='http://jabber.org/protocol/nick'>Eve</nick>",
+)
 
 
 class StoreTestCase(unittest.TestCase):
@@ -112,8 +130,7 @@ class LifecycleTests(StoreTestCase):
             "alice", HOST, 3, {"bob@example.net": RosterItem("bob@example.net", "Bob")}, {}
         )
         yield store.store_offline("alice", HOST, "<message>kept</message>", 10)
-        yield store.put_privacy_list("alice", HOST, "l", [PrivacyItem(1, "deny")])
-        yield store.set_default_list("alice", HOST, "l")
+        yield store.write_privacy("alice", HOST, {"l": [PrivacyItem(1, "deny")]}, "l")
         yield store.stop()
 
         store = yield self.open()
@@ -194,8 +211,7 @@ class UserTests(StoreTestCase):
             "alice", HOST, 2, {"bob@example.net": RosterItem("bob@example.net")}, {"c@x": True}
         )
         yield store.store_offline("alice", HOST, "<message/>", 10)
-        yield store.put_privacy_list("alice", HOST, "l", [PrivacyItem(1, "deny")])
-        yield store.set_default_list("alice", HOST, "l")
+        yield store.write_privacy("alice", HOST, {"l": [PrivacyItem(1, "deny")]}, "l")
 
         yield store.delete_user("alice", HOST)
 
@@ -222,7 +238,7 @@ class RosterTests(StoreTestCase):
     def test_empty(self):
         store = yield self.open()
         roster = yield store.get_roster("alice", HOST)
-        self.assertEqual(roster, Roster(version=0, items={}, pending_in=set()))
+        self.assertEqual(roster, Roster(version=0, items={}, pending_in={}))
 
     @defer.inlineCallbacks
     def test_round_trip(self):
@@ -239,12 +255,15 @@ class RosterTests(StoreTestCase):
             HOST,
             7,
             {bob.jid: bob, carol.jid: carol},
-            {"dave@example.com": True, "eve@example.com": True},
+            {"dave@example.com": request("dave@example.com"), "eve@example.com": EVE},
         )
         roster = yield store.get_roster("alice", HOST)
         self.assertEqual(roster.version, 7)
         self.assertEqual(roster.items, {bob.jid: bob, carol.jid: carol})
-        self.assertEqual(roster.pending_in, {"dave@example.com", "eve@example.com"})
+        self.assertEqual(
+            roster.pending_in,
+            {"dave@example.com": request("dave@example.com"), "eve@example.com": EVE},
+        )
 
     @defer.inlineCallbacks
     def test_update_and_remove(self):
@@ -252,28 +271,28 @@ class RosterTests(StoreTestCase):
         bob = RosterItem("bob@example.net", subscription="to", groups=("A",))
         carol = RosterItem("carol@example.com")
         yield store.write_roster(
-            "alice", HOST, 1, {bob.jid: bob, carol.jid: carol}, {"dave@example.com": True}
+            "alice", HOST, 1, {bob.jid: bob, carol.jid: carol}, {"dave@example.com": EVE}
         )
         changed = bob.evolve(subscription="both", groups=(), name="Robert")
         yield store.write_roster(
-            "alice", HOST, 2, {bob.jid: changed, carol.jid: None}, {"dave@example.com": False}
+            "alice", HOST, 2, {bob.jid: changed, carol.jid: None}, {"dave@example.com": None}
         )
         roster = yield store.get_roster("alice", HOST)
-        self.assertEqual(roster, Roster(version=2, items={bob.jid: changed}, pending_in=set()))
+        self.assertEqual(roster, Roster(version=2, items={bob.jid: changed}, pending_in={}))
 
     @defer.inlineCallbacks
     def test_repeated_pending_and_unknown_removal(self):
         store = yield self.open()
-        yield store.write_roster("alice", HOST, 1, {"x@y": None}, {"d@e": True})
-        yield store.write_roster("alice", HOST, 2, {}, {"d@e": True, "f@g": False})
+        yield store.write_roster("alice", HOST, 1, {"x@y": None}, {"d@e": request("d@e")})
+        yield store.write_roster("alice", HOST, 2, {}, {"d@e": EVE, "f@g": None})
         roster = yield store.get_roster("alice", HOST)
-        self.assertEqual(roster, Roster(version=2, pending_in={"d@e"}))
+        self.assertEqual(roster, Roster(version=2, pending_in={"d@e": EVE}))
 
     @defer.inlineCallbacks
     def test_failed_write_applies_nothing(self):
         store = yield self.open()
         bob = RosterItem("bob@example.net", subscription="both")
-        yield store.write_roster("alice", HOST, 1, {bob.jid: bob}, {"dave@example.com": True})
+        yield store.write_roster("alice", HOST, 1, {bob.jid: bob}, {"dave@example.com": EVE})
         before = yield store.get_roster("alice", HOST)
 
         # The removal, the new item and the pending changes come before the bad
@@ -288,7 +307,7 @@ class RosterTests(StoreTestCase):
                 "carol@example.com": RosterItem("carol@example.com"),
                 bad.jid: bad,
             },
-            {"dave@example.com": False, "eve@example.com": True},
+            {"dave@example.com": None, "eve@example.com": EVE},
         )
         failure = yield self.assertFailure(write, StoreError)
         self.assertIsInstance(failure.__cause__, SQLAlchemyError)
@@ -349,28 +368,42 @@ class PrivacyTests(StoreTestCase):
             PrivacyItem(4, "allow"),
         ]
         quiet = [PrivacyItem(10, "deny", stanzas=frozenset({"presence-out"}))]
-        yield store.put_privacy_list("alice", HOST, "block", block)
-        yield store.put_privacy_list("alice", HOST, "quiet", quiet)
-        yield store.set_default_list("alice", HOST, "block")
+        yield store.write_privacy("alice", HOST, {"block": block, "quiet": quiet}, "block")
         privacy = yield store.get_privacy("alice", HOST)
         self.assertEqual(privacy, PrivacySettings("block", {"block": block, "quiet": quiet}))
 
     @defer.inlineCallbacks
     def test_replace_remove_and_decline_default(self):
         store = yield self.open()
-        yield store.put_privacy_list("alice", HOST, "l", [PrivacyItem(1, "deny")])
-        yield store.put_privacy_list("alice", HOST, "m", [PrivacyItem(1, "allow")])
-        yield store.set_default_list("alice", HOST, "l")
+        lists = {"l": [PrivacyItem(1, "deny")], "m": [PrivacyItem(1, "allow")]}
+        yield store.write_privacy("alice", HOST, lists, "l")
         replaced = [PrivacyItem(5, "allow", "jid", "bob@example.net")]
-        yield store.put_privacy_list("alice", HOST, "l", replaced)
-        yield store.put_privacy_list("alice", HOST, "m", [])
-        yield store.set_default_list("alice", HOST, "l")
+        yield store.write_privacy("alice", HOST, {"l": replaced, "m": []}, "l")
         self.assertEqual(
             (yield store.get_privacy("alice", HOST)), PrivacySettings("l", {"l": replaced})
         )
-        yield store.set_default_list("alice", HOST, None)
+        yield store.write_privacy("alice", HOST, {}, None)
         self.assertEqual(
             (yield store.get_privacy("alice", HOST)), PrivacySettings(None, {"l": replaced})
+        )
+
+    @defer.inlineCallbacks
+    def test_failed_write_leaves_neither_list_nor_default(self):
+        """A list and the default naming it are one transaction (a block makes both)."""
+        store = yield self.open()
+        yield store.write_privacy("alice", HOST, {"old": [PrivacyItem(1, "allow")]}, "old")
+        # The database refuses the default's row, after the list's row was written.
+        self.raw_sql(
+            "CREATE TRIGGER refuse_default BEFORE INSERT ON privacy_default"
+            " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+        block = [PrivacyItem(0, "deny", "jid", "spam@example.com")]
+        yield self.assertFailure(
+            store.write_privacy("alice", HOST, {"blocklist": block}, "blocklist"), StoreError
+        )
+        self.assertEqual(
+            (yield store.get_privacy("alice", HOST)),
+            PrivacySettings("old", {"old": [PrivacyItem(1, "allow")]}),
         )
 
 
@@ -381,11 +414,10 @@ class VirtualHostTests(StoreTestCase):
         yield store.create_user("alice", HOST, make_credentials("first"))
         yield store.create_user("alice", OTHER_HOST, make_credentials("second"))
         item = RosterItem("bob@example.com")
-        yield store.write_roster("alice", HOST, 4, {item.jid: item}, {"c@d": True})
+        yield store.write_roster("alice", HOST, 4, {item.jid: item}, {"c@d": request("c@d")})
         yield store.store_offline("alice", HOST, "<message/>", 1)
         self.assertTrue((yield store.store_offline("alice", OTHER_HOST, "<message/>", 1)))
-        yield store.put_privacy_list("alice", HOST, "l", [PrivacyItem(1, "deny")])
-        yield store.set_default_list("alice", HOST, "l")
+        yield store.write_privacy("alice", HOST, {"l": [PrivacyItem(1, "deny")]}, "l")
 
         self.assertTrue(check_password((yield store.get_credentials("alice", HOST)), "first"))
         other = yield store.get_credentials("alice", OTHER_HOST)
@@ -423,35 +455,70 @@ class MigrationTests(StoreTestCase):
 
     @defer.inlineCallbacks
     def _store_at_version_one(self):
-        """A database built by the first step only, holding data of every kind."""
-        self.patch(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
+        """A database built by the first step only, holding data of every kind.
+
+        Version-1 rows are written as version 1 wrote them: a pending request
+        was the contact's JID alone.
+        """
+        self.patch(schema, "MIGRATIONS", ALL_STEPS[:1])
         store = yield self.open()
         yield store.create_user("alice", HOST, make_credentials("secret"))
         bob = RosterItem("bob@example.net", subscription="both", groups=("G",))
-        yield store.write_roster("alice", HOST, 5, {bob.jid: bob}, {"c@d": True})
+        yield store.write_roster("alice", HOST, 5, {bob.jid: bob}, {})
         yield store.store_offline("alice", HOST, "<message id='1'/>", 10)
         yield store.stop()
+        self.raw_sql(
+            "INSERT INTO roster_pending_in (host, username, contact)"
+            f" VALUES ('{HOST}', 'alice', 'c@d')"
+        )
         self.assertEqual(self.stored_version(), 1)
         return bob
 
     @defer.inlineCallbacks
     def test_upgrade_on_start_keeps_rows(self):
         bob = yield self._store_at_version_one()
-        self.patch(schema, "MIGRATIONS", [*schema.MIGRATIONS, _add_origin_column])
+        self.patch(schema, "MIGRATIONS", [*ALL_STEPS, _add_origin_column])
 
         store = yield self.open()
-        self.assertEqual(self.stored_version(), 2)
+        self.assertEqual(self.stored_version(), len(ALL_STEPS) + 1)
         origins = self.raw_sql("SELECT origin FROM offline_messages")
         self.assertEqual(origins, [("before-upgrade",)])
         self.assertTrue(check_password((yield store.get_credentials("alice", HOST)), "secret"))
         roster = yield store.get_roster("alice", HOST)
-        self.assertEqual(roster, Roster(version=5, items={bob.jid: bob}, pending_in={"c@d"}))
+        self.assertEqual(roster.version, 5)
+        self.assertEqual(roster.items, {bob.jid: bob})
+        self.assertEqual(list(roster.pending_in), ["c@d"])
         self.assertEqual((yield store.pop_offline("alice", HOST)), ["<message id='1'/>"])
+
+    @defer.inlineCallbacks
+    def test_version_two_keeps_whole_subscription_requests(self):
+        """Step 2: older pending requests become the bare request they were redelivered as."""
+        yield self._store_at_version_one()
+        self.patch(schema, "MIGRATIONS", ALL_STEPS)
+        store = yield self.open()
+        self.assertEqual(self.stored_version(), 2)
+        roster = yield store.get_roster("alice", HOST)
+        old = parse_stanza(roster.pending_in["c@d"])
+        self.assertEqual(
+            (old.name, dict(old.attributes), old.children),
+            ("presence", {"type": "subscribe", "from": "c@d", "to": f"alice@{HOST}"}, []),
+        )
+        # New requests keep everything the contact sent.
+        yield store.write_roster("alice", HOST, 6, {}, {"eve@example.com": EVE})
+        roster = yield store.get_roster("alice", HOST)
+        self.assertEqual(roster.pending_in["eve@example.com"], EVE)
+        # An upgraded table is the table a fresh database gets.
+        upgraded = self.raw_sql("PRAGMA table_info(roster_pending_in)")
+        yield store.stop()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+        yield self.open()
+        self.assertEqual(self.raw_sql("PRAGMA table_info(roster_pending_in)"), upgraded)
 
     @defer.inlineCallbacks
     def test_failed_upgrade_changes_nothing(self):
         yield self._store_at_version_one()
-        self.patch(schema, "MIGRATIONS", [*schema.MIGRATIONS, _broken_step])
+        self.patch(schema, "MIGRATIONS", [*ALL_STEPS, _broken_step])
 
         store = open_store(self.url)
         self.addCleanup(store.stop)
@@ -459,6 +526,8 @@ class MigrationTests(StoreTestCase):
         self.assertEqual(self.stored_version(), 1)
         columns = [row[1] for row in self.raw_sql("PRAGMA table_info(offline_messages)")]
         self.assertNotIn("origin", columns)
+        columns = [row[1] for row in self.raw_sql("PRAGMA table_info(roster_pending_in)")]
+        self.assertNotIn("stanza", columns)
 
     @defer.inlineCallbacks
     def test_newer_database_is_refused(self):

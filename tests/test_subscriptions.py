@@ -7,9 +7,10 @@ RFC gives one, and the roster pushes that record every state change.
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 
-from support.client import RawClient, to_text
+from support.client import NS_CLIENT, RawClient, to_text
 from support.im import (
     AccountPool,
     User,
@@ -22,6 +23,9 @@ from support.im import (
 )
 
 MakeClient = Callable[..., RawClient]
+
+NS_NICK = "http://jabber.org/protocol/nick"
+XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 
 
 def pair(make_client: MakeClient, pool: AccountPool) -> tuple[User, User]:
@@ -187,6 +191,39 @@ def test_pending_request_is_redelivered_at_login(
     alice.expect(presence(bob.bare, "subscribed"))
     # Answered: no more.
     online(make_client, bob_account).assert_nothing(presence(alice.bare, "subscribe"))
+
+
+def test_redelivered_request_is_the_request_the_contact_sent(
+    make_client: MakeClient, pool: AccountPool
+) -> None:
+    """Issue 9: id, status, XEP-0172 nick and unknown children survive storage."""
+    alice_account, bob_account = pool.take(2)
+    alice = online(make_client, alice_account)
+    alice.send(
+        f"<presence to='{bob_account[0]}' type='subscribe' id='sub-42' xml:lang='fr'>"
+        "<status>C'est Alice, du bal</status>"
+        f"<nick xmlns='{NS_NICK}'>Alice &amp; co</nick>"
+        "<x xmlns='urn:example:extra' a='1'><y>kept</y></x>"
+        "</presence>"
+    )
+    alice.expect_push(bob_account[0])
+
+    def check(request: ET.Element) -> None:
+        assert request.get("id") == "sub-42", to_text(request)
+        assert request.get("to") == bob_account[0]
+        assert request.get(XML_LANG) == "fr"
+        assert [c.tag for c in request] == [
+            f"{{{NS_CLIENT}}}status",
+            f"{{{NS_NICK}}}nick",
+            "{urn:example:extra}x",
+        ]
+        assert request.findtext(f"{{{NS_CLIENT}}}status") == "C'est Alice, du bal"
+        assert request.findtext(f"{{{NS_NICK}}}nick") == "Alice & co"
+        assert request.findtext("{urn:example:extra}x/{urn:example:extra}y") == "kept"
+
+    check(online(make_client, bob_account).expect(presence(alice.bare, "subscribe")))
+    # Every login gets the same stanza while the request is unanswered.
+    check(online(make_client, bob_account).expect(presence(alice.bare, "subscribe")))
 
 
 def test_repeated_request_is_not_delivered_twice(

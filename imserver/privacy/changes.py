@@ -184,11 +184,10 @@ class PrivacyChanges:
             for name in set(old.lists) | set(new.lists)
             if old.lists.get(name) != new.lists.get(name)
         )
-        store = self.server.store
-        for name in changed_names:
-            yield store.put_privacy_list(user, host, name, list(new.lists.get(name, ())))
-        if new.default != old.default:
-            yield store.set_default_list(user, host, new.default)
+        if changed_names or new.default != old.default:
+            # One transaction: never a stored default naming a list that was not stored.
+            lists = {name: list(new.lists.get(name, ())) for name in changed_names}
+            yield self.server.store.write_privacy(user, host, lists, new.default)
         # A removed list is active nowhere any more.
         sessions = self.server.sessions.of(bare)
         for other in sessions:

@@ -306,6 +306,23 @@ class PrivacyEngine:
         roster = self.server.rosters.cached(session.user, session.host)
         return is_allowed(items, roster, stanza_kind(kind, type_, inbound=True), other)
 
+    def ready(self, session: Session) -> defer.Deferred:
+        """Fire once L{admits} can answer for C{session}: rules and, if they need it, roster loaded.
+
+        Without this, a plugin handing stanzas over right after login could find
+        the rules still loading, and L{admits} refuses then.
+        """
+        if not self._enabled:
+            return defer.succeed(None)
+
+        def roster(state):
+            items = effective_list(state.settings, session.extra.get(ACTIVE_KEY))
+            if items and needs_roster(items):
+                return self.server.rosters.get(session.user, session.host, keep=True)
+            return None
+
+        return self.user_state(session).addCallback(roster)
+
     @staticmethod
     def active_name(session: Session) -> str | None:
         return session.extra.get(ACTIVE_KEY)

@@ -33,9 +33,11 @@ from sqlalchemy import (
     inspect,
     select,
 )
+from twisted.words.xish import domish
 
 from imserver.errors import StoreError
 from imserver.roster import SUBSCRIPTIONS
+from imserver.serialize import stanza_bytes
 
 #: RFC 7622 caps each JID part at 1023 bytes; a bare JID is at most 2047.
 PART_LENGTH = 1023
@@ -106,6 +108,11 @@ roster_pending_in = Table(
     metadata,
     *_owner(),
     Column("contact", String(BARE_JID_LENGTH), primary_key=True),
+    #: The contact's request as received (serialised <presence type='subscribe'/>, with
+    #: its id, status, nick...), redelivered as is at login. Added by step 2, which fills
+    #: it for older rows; nullable only because ALTER TABLE cannot add NOT NULL without
+    #: a default. Nothing writes NULL.
+    Column("stanza", Text),
 )
 
 roster_versions = Table(
@@ -158,20 +165,60 @@ USER_TABLES = (
 )
 
 
+#: Version-1 tables that a later step changed, as version 1 created them.
+_version_1 = MetaData()
+_roster_pending_in_v1 = Table(
+    "roster_pending_in",
+    _version_1,
+    *_owner(),
+    Column("contact", String(BARE_JID_LENGTH), primary_key=True),
+)
+
+
 def _create_initial_tables(connection: Connection) -> None:
     """Version 1: every table as first released.
 
-    This creates the tables from L{metadata} as it stands. When a later step
-    alters one of them, give this step its own copy of the version-1 definition
-    first, so that it keeps producing the version-1 schema the later step expects.
+    This creates the tables from L{metadata} as it stands, except those a later
+    step alters: their version-1 definitions are in L{_version_1}, so that this
+    step keeps producing the schema the later steps expect.
     """
-    metadata.create_all(connection, tables=list(USER_TABLES), checkfirst=False)
+    changed = {table.name for table in _version_1.tables.values()}
+    metadata.create_all(
+        connection, tables=[t for t in USER_TABLES if t.name not in changed], checkfirst=False
+    )
+    _version_1.create_all(connection, checkfirst=False)
+
+
+def _keep_subscription_requests(connection: Connection) -> None:
+    """Version 2: a pending subscription request keeps the stanza the contact sent.
+
+    Requests stored before kept only the contact's JID: they get the bare
+    request that used to be redelivered, so every row has a stanza.
+    """
+    connection.exec_driver_sql("ALTER TABLE roster_pending_in ADD COLUMN stanza TEXT")
+    rows = connection.execute(
+        select(roster_pending_in.c.host, roster_pending_in.c.username, roster_pending_in.c.contact)
+    ).all()
+    for row in rows:
+        request = domish.Element((None, "presence"))
+        request["type"] = "subscribe"
+        request["from"] = row.contact
+        request["to"] = f"{row.username}@{row.host}"
+        connection.execute(
+            roster_pending_in.update()
+            .where(
+                (roster_pending_in.c.host == row.host)
+                & (roster_pending_in.c.username == row.username)
+                & (roster_pending_in.c.contact == row.contact)
+            )
+            .values(stanza=stanza_bytes(request).decode("utf-8"))
+        )
 
 
 Migration = Callable[[Connection], None]
 
 #: Step N turns a version N-1 database into version N. Append, never edit.
-MIGRATIONS: list[Migration] = [_create_initial_tables]
+MIGRATIONS: list[Migration] = [_create_initial_tables, _keep_subscription_requests]
 
 
 def current_version(connection: Connection) -> int:

@@ -217,7 +217,7 @@ class SQLStore:
         host: str,
         version: int,
         items: Mapping[str, RosterItem | None],
-        pending_in: Mapping[str, bool],
+        pending_in: Mapping[str, str | None],
     ) -> Deferred[None]:
         return self._run(self._write_roster, user, host, version, items, pending_in)
 
@@ -230,9 +230,11 @@ class SQLStore:
                 select(roster_items).where(_owned(roster_items, user, host))
             ).all()
             pending = conn.execute(
-                select(roster_pending_in.c.contact).where(_owned(roster_pending_in, user, host))
-            ).scalars()
-            roster = Roster(version=version or 0, pending_in=set(pending))
+                select(roster_pending_in.c.contact, roster_pending_in.c.stanza).where(
+                    _owned(roster_pending_in, user, host)
+                )
+            ).all()
+            roster = Roster(version=version or 0, pending_in=dict(pending))
         for row in item_rows:
             roster.items[row.contact] = RosterItem(
                 jid=row.contact,
@@ -250,7 +252,7 @@ class SQLStore:
         host: str,
         version: int,
         items: Mapping[str, RosterItem | None],
-        pending_in: Mapping[str, bool],
+        pending_in: Mapping[str, str | None],
     ) -> None:
         with _writing(self._db) as conn:
             for jid, item in items.items():
@@ -272,15 +274,17 @@ class SQLStore:
                             groups=json.dumps(list(item.groups)),
                         )
                     )
-            for jid, pending in pending_in.items():
+            for jid, request in pending_in.items():
                 conn.execute(
                     delete(roster_pending_in).where(
                         _owned(roster_pending_in, user, host), roster_pending_in.c.contact == jid
                     )
                 )
-                if pending:
+                if request is not None:
                     conn.execute(
-                        roster_pending_in.insert().values(host=host, username=user, contact=jid)
+                        roster_pending_in.insert().values(
+                            host=host, username=user, contact=jid, stanza=request
+                        )
                     )
             updated = conn.execute(
                 roster_versions.update()
@@ -343,13 +347,14 @@ class SQLStore:
     def get_privacy(self, user: str, host: str) -> Deferred[PrivacySettings]:
         return self._run(self._get_privacy, user, host)
 
-    def put_privacy_list(
-        self, user: str, host: str, name: str, items: Sequence[PrivacyItem]
+    def write_privacy(
+        self,
+        user: str,
+        host: str,
+        lists: Mapping[str, Sequence[PrivacyItem]],
+        default: str | None,
     ) -> Deferred[None]:
-        return self._run(self._put_privacy_list, user, host, name, items)
-
-    def set_default_list(self, user: str, host: str, name: str | None) -> Deferred[None]:
-        return self._run(self._set_default_list, user, host, name)
+        return self._run(self._write_privacy, user, host, lists, default)
 
     def _get_privacy(self, user: str, host: str) -> PrivacySettings:
         with self._db.connect() as conn:
@@ -366,27 +371,36 @@ class SQLStore:
             lists={row.name: _load_privacy_items(row.items_json) for row in rows},
         )
 
-    def _put_privacy_list(
-        self, user: str, host: str, name: str, items: Sequence[PrivacyItem]
+    def _write_privacy(
+        self,
+        user: str,
+        host: str,
+        lists: Mapping[str, Sequence[PrivacyItem]],
+        default: str | None,
     ) -> None:
+        # One transaction: a list and the default naming it are stored together or
+        # not at all (a block creates its list and makes it the default at once).
         with _writing(self._db) as conn:
-            conn.execute(
-                delete(privacy_lists).where(
-                    _owned(privacy_lists, user, host), privacy_lists.c.name == name
-                )
-            )
-            if items:
+            for name, items in lists.items():
                 conn.execute(
-                    privacy_lists.insert().values(
-                        host=host, username=user, name=name, items_json=_dump_privacy_items(items)
+                    delete(privacy_lists).where(
+                        _owned(privacy_lists, user, host), privacy_lists.c.name == name
                     )
                 )
-
-    def _set_default_list(self, user: str, host: str, name: str | None) -> None:
-        with _writing(self._db) as conn:
+                if items:
+                    conn.execute(
+                        privacy_lists.insert().values(
+                            host=host,
+                            username=user,
+                            name=name,
+                            items_json=_dump_privacy_items(items),
+                        )
+                    )
             conn.execute(delete(privacy_default).where(_owned(privacy_default, user, host)))
-            if name is not None:
-                conn.execute(privacy_default.insert().values(host=host, username=user, name=name))
+            if default is not None:
+                conn.execute(
+                    privacy_default.insert().values(host=host, username=user, name=default)
+                )
 
 
 # -- helpers (all run in the pool thread) ---------------------------------------

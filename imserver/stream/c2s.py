@@ -23,9 +23,10 @@ from twisted.words.protocols.jabber.xmpp_stringprep import nameprep, resourcepre
 from twisted.words.xish import domish
 from zope.interface import implementer
 
+from imserver import lang
 from imserver.interfaces import ISessionStream
 from imserver.jid import JID
-from imserver.serialize import stanza_bytes
+from imserver.serialize import escape_attribute, stanza_bytes
 from imserver.session import Session
 from imserver.stream import sasl
 from imserver.stream.limits import FlowControl, is_loopback
@@ -105,6 +106,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if major < 1:
             return xs.fail("unsupported-version", "XMPP 1.0 is required")
         xs.version = (1, 0)
+        xs.lang = lang.preferred(rootElement.getAttribute(lang.XML_LANG))
         xs.sendHeader()
         xs.send(self.features())
 
@@ -255,7 +257,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         element = domish.Element((NS_SASL, "failure"))
         element.addElement(failure.condition)
         if failure.text:
-            element.addElement("text", content=failure.text)
+            element.addElement("text", content=failure.text)[lang.XML_LANG] = lang.DEFAULT
         xs.send(element)
         if failure.condition in ("aborted", "encryption-required", "invalid-mechanism"):
             return
@@ -277,7 +279,8 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         except UnicodeError:
             resource = None
         if resource is None or len(resource.encode()) > 1023:
-            return xs.send(StanzaError("bad-request", text="invalid resource").toResponse(iq))
+            error = lang.labelled(StanzaError("bad-request", text="invalid resource"))
+            return xs.send(error.toResponse(iq))
         if not resource:
             resource = secrets.token_hex(6)
         jid = JID(tuple=(self.username, self.host, resource))
@@ -308,6 +311,8 @@ class C2SStream(xmlstream.XmlStream):
         super().__init__(C2SAuthenticator(server))
         self.server = server
         self.secure = direct_tls
+        #: The client's preferred language (its header's xml:lang), if it gave one.
+        self.lang: str | None = None
         self.session: Session | None = None
         self.closed = False
         self.peer_address = ""
@@ -455,7 +460,23 @@ class C2SStream(xmlstream.XmlStream):
         else:
             self._end_session(condition)
         self.flow.closing()
-        self.sendStreamError(StreamError(condition, text=text))
+        self.sendStreamError(lang.labelled(StreamError(condition, text=text)))
+
+    def sendHeader(self) -> None:
+        """The response stream header, with the language we answer in (RFC 6120 §4.7.4).
+
+        Twisted's header has no xml:lang; this is the same header with it.
+        """
+        attributes = f" xmlns='{self.namespace}' xmlns:stream='{NS_STREAMS}'"
+        if self.thisEntity:
+            attributes += f" from='{escape_attribute(self.thisEntity.userhost())}'"
+        if self.sid:
+            attributes += f" id='{self.sid}'"
+        if self.version >= (1, 0):
+            attributes += " version='{}.{}'".format(*self.version)
+        attributes += f" xml:lang='{lang.lookup(self.lang)}'"
+        self.send(f"<stream:stream{attributes}>")
+        self._headerSent = True
 
     def _end_session(self, reason: str) -> None:
         """The session loses this stream; the server ends it unless a feature keeps it."""
@@ -475,6 +496,14 @@ class C2SStream(xmlstream.XmlStream):
         if self.session is None:
             self.authenticator.negotiate(element)
             return
+        if (
+            self.lang is not None
+            and element.name in STANZAS
+            and lang.XML_LANG not in element.attributes
+        ):
+            # RFC 6120 §4.7.4: the stream's language goes with the stanza (never
+            # replacing one the client gave).
+            element.attributes[lang.XML_LANG] = self.lang
         if self._busy is not None:
             self._queue.append(element)
             if len(self._queue) >= MAX_QUEUED:

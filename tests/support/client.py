@@ -133,6 +133,8 @@ class RawClient:
         #: The server closed the TCP connection.
         self.closed = False
         self.jid: str | None = None
+        #: The xml:lang of our stream headers (None: no xml:lang at all).
+        self.lang: str | None = "en"
         self.features: ET.Element | None = None
         self.transcript: list[tuple[str, bytes]] = []
         self._queue: deque[ET.Element] = deque()
@@ -195,10 +197,11 @@ class RawClient:
         attributes = f" to='{to or self.domain}'"
         if version is not None:
             attributes += f" version='{version}'"
+        if self.lang is not None:
+            attributes += f" xml:lang='{self.lang}'"
         return (
             "<?xml version='1.0'?>"
-            f"<stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAMS}'"
-            f"{attributes} xml:lang='en'>"
+            f"<stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAMS}'{attributes}>"
         )
 
     def open_stream(self, to: str | None = None, timeout: float | None = None) -> ET.Element:

@@ -76,7 +76,7 @@ class MemoryStore:
         stored = self.rosters.get((user, host))
         if stored is None:
             return defer.succeed(Roster())
-        return defer.succeed(Roster(stored.version, dict(stored.items), set(stored.pending_in)))
+        return defer.succeed(Roster(stored.version, dict(stored.items), dict(stored.pending_in)))
 
     def write_roster(self, user, host, version, items, pending_in):
         roster = self.rosters.setdefault((user, host), Roster())
@@ -86,8 +86,11 @@ class MemoryStore:
                 roster.items.pop(jid, None)
             else:
                 roster.items[jid] = item
-        for jid, pending in pending_in.items():
-            (roster.pending_in.add if pending else roster.pending_in.discard)(jid)
+        for jid, request in pending_in.items():
+            if request is None:
+                roster.pending_in.pop(jid, None)
+            else:
+                roster.pending_in[jid] = request
         return defer.succeed(None)
 
     def store_offline(self, user, host, stanza_xml, limit):
@@ -109,16 +112,14 @@ class MemoryStore:
         stored = self.privacy.get((user, host), PrivacySettings())
         return defer.succeed(PrivacySettings(stored.default, dict(stored.lists)))
 
-    def put_privacy_list(self, user, host, name, items):
+    def write_privacy(self, user, host, lists, default):
         settings = self.privacy.setdefault((user, host), PrivacySettings())
-        if items:
-            settings.lists[name] = list(items)
-        else:
-            settings.lists.pop(name, None)
-        return defer.succeed(None)
-
-    def set_default_list(self, user, host, name):
-        self.privacy.setdefault((user, host), PrivacySettings()).default = name
+        for name, items in lists.items():
+            if items:
+                settings.lists[name] = list(items)
+            else:
+                settings.lists.pop(name, None)
+        settings.default = default
         return defer.succeed(None)
 
 
