@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
+from imserver import lang
 from imserver.stream.c2s import C2SStream
 from imserver.web.framing import NS_CLIENT, NS_FRAMING, NS_STREAMS, element_bytes, namespaced
 
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 log = Logger()
 
 SUBPROTOCOL = "xmpp"
-NS_XML = "http://www.w3.org/XML/1998/namespace"
 _CLOSE = b"<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>"
 #: What the c2s parser is given first: the root that framed elements become children of.
 _ROOT = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
@@ -109,8 +109,8 @@ class WebSocketStream(C2SStream):
         for name in ("to", "version"):
             if element.hasAttribute(name):
                 root[name] = element[name]
-        if element.hasAttribute((NS_XML, "lang")):
-            root[(NS_XML, "lang")] = element[(NS_XML, "lang")]
+        if element.hasAttribute(lang.XML_LANG):
+            root[lang.XML_LANG] = element[lang.XML_LANG]
         self.onDocumentStart(root)
 
     # -- output: one message per element -----------------------------------------
@@ -122,7 +122,7 @@ class WebSocketStream(C2SStream):
         if self.sid:
             opening["id"] = self.sid
         opening["version"] = "1.0"
-        opening[(NS_XML, "lang")] = "en"
+        opening[lang.XML_LANG] = lang.lookup(self.lang)
         self.transport.write(opening.toXml().encode("utf-8"))
         self._headerSent = True
 
