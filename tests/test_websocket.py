@@ -271,6 +271,8 @@ def test_wss_on_the_tls_port_counts_as_secure(make_server) -> None:
         features = client.open()
         mechanisms = [m.text for m in features.iter(clark(NS_SASL, "mechanism"))]
         assert "SCRAM-SHA-256" in mechanisms and "PLAIN" in mechanisms
+        # Our own TLS with the [tls] certificate: SCRAM-PLUS can bind to it.
+        assert "SCRAM-SHA-256-PLUS" in mechanisms
     finally:
         client.close()
 
@@ -281,8 +283,11 @@ def test_plain_http_is_secure_only_behind_a_tls_proxy(make_server, proxy: bool) 
     client = WSClient(target.http_port).connect()
     try:
         features = client.open()
-        offered = features.find(clark(NS_SASL, "mechanisms")) is not None
-        assert offered == proxy
+        mechanisms = [m.text for m in features.iter(clark(NS_SASL, "mechanism"))]
+        assert bool(mechanisms) == proxy
+        # The client's TLS ends at the proxy: nothing to bind SCRAM-PLUS to.
+        assert not [m for m in mechanisms if m.endswith("-PLUS")]
+        assert features.find(clark("urn:xmpp:sasl-cb:0", "sasl-channel-binding")) is None
     finally:
         client.close()
 

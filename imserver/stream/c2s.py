@@ -118,11 +118,11 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
                 if not self.xs.plaintext_allowed:
                     starttls.addElement("required")
             if self.xs.secure or self.xs.plaintext_allowed:
-                self.offered = sasl.offered_mechanisms(self.xs.secure, True)
+                self.offered = sasl.offered_mechanisms(self.xs.channel_binding, True)
                 mechanisms = features.addElement((NS_SASL, "mechanisms"))
                 for name in self.offered:
                     mechanisms.addElement("mechanism", content=name)
-                if self.xs.secure:
+                if self.xs.channel_binding:
                     bindings = features.addElement((NS_SASL_CB, "sasl-channel-binding"))
                     for cb_type in sasl.CHANNEL_BINDINGS:
                         bindings.addElement("channel-binding")["type"] = cb_type
@@ -193,7 +193,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
                     self._lookup,
                     self.host,
                     ("tls-server-end-point", self.server.tls.server_end_point)
-                    if xs.secure and self.server.tls is not None
+                    if xs.channel_binding and self.server.tls is not None
                     else None,
                     self.offered,
                 )
@@ -306,6 +306,15 @@ class C2SStream(xmlstream.XmlStream):
 
     #: STARTTLS can upgrade this transport (not a WebSocket's or a BOSH session's).
     can_starttls = True
+
+    @property
+    def channel_binding(self) -> bool:
+        """SCRAM-PLUS can bind to the TLS under this stream: ours, with the [tls] certificate.
+
+        Not so for a web stream behind a TLS proxy (secure, but the client's TLS
+        ends at the proxy) or on an HTTPS port with a certificate of its own.
+        """
+        return self.secure
 
     def __init__(self, server: Server, direct_tls: bool) -> None:
         super().__init__(C2SAuthenticator(server))

@@ -42,10 +42,9 @@ from twisted.web import resource, server
 from twisted.words.protocols.jabber.xmpp_stringprep import nameprep
 from twisted.words.xish import domish
 
-from imserver.stream.c2s import C2SStream
 from imserver.stream.parser import ParserLimits, RestrictedElementStream, StreamViolation
 from imserver.web.cors import allow_cross_origin
-from imserver.web.framing import NS_CLIENT, NS_STREAMS, element_bytes, namespaced
+from imserver.web.framing import NS_CLIENT, NS_STREAMS, WebStream
 
 if TYPE_CHECKING:
     from imserver.server import Server
@@ -75,10 +74,8 @@ class BoshError(Exception):
         self.condition = condition
 
 
-class BoshStream(C2SStream):
+class BoshStream(WebStream):
     """A client stream carried by BOSH bodies: no header bytes, no footer bytes."""
-
-    can_starttls = False
 
     def _initializeStream(self) -> None:
         # Elements come parsed from each request body; there is no byte stream.
@@ -115,16 +112,9 @@ class BoshStream(C2SStream):
         """The terminate body is the footer (see L{BoshSession.loseConnection})."""
 
     def send(self, obj: domish.Element | str | bytes) -> None:
-        if isinstance(obj, domish.Element):
-            if obj.uri == NS_STREAMS and obj.name == "error":
-                self.transport.stream_error = True
-            data = element_bytes(obj)
-        else:
-            data = obj.encode("utf-8") if isinstance(obj, str) else obj
-        self.transport.write(data)
-
-    def send_bytes(self, data: bytes) -> None:
-        super().send_bytes(namespaced(data))
+        if isinstance(obj, domish.Element) and obj.uri == NS_STREAMS and obj.name == "error":
+            self.transport.stream_error = True  # the terminate body says remote-stream-error
+        super().send(obj)
 
 
 class _Address:
@@ -502,8 +492,12 @@ class BoshResource(resource.Resource):
         session.rid = rid - 1
         session.acks = body.hasAttribute("ack")
         self.sessions[sid] = session
-        secure = settings.behind_tls_proxy or request.isSecure()
-        stream = session.stream = BoshStream(self.xmpp, secure)
+        ours = request.isSecure()
+        stream = session.stream = BoshStream(
+            self.xmpp,
+            secure=ours or settings.behind_tls_proxy,
+            bindable=ours and settings.certificate is None,
+        )
         stream.makeConnection(session)
         stream.start(to, body.getAttribute((NS_XML, "lang")))
         attributes = (

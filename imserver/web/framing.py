@@ -11,10 +11,15 @@ declaration to those bytes with one slice, not a new serialisation.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from twisted.words.xish import domish
 
 from imserver.serialize import stanza_bytes
+from imserver.stream.c2s import C2SStream
+
+if TYPE_CHECKING:
+    from imserver.server import Server
 
 NS_CLIENT = "jabber:client"
 NS_STREAMS = "http://etherx.jabber.org/streams"
@@ -54,3 +59,33 @@ def element_bytes(element: domish.Element) -> bytes:
         xml = element.toXml(prefixes={NS_STREAMS: "stream"}, prefixesInScope=[])
         return xml.encode("utf-8")
     return namespaced(stanza_bytes(element))
+
+
+class WebStream(C2SStream):
+    """A c2s stream whose transport carries each top-level element on its own.
+
+    The base of the WebSocket and BOSH streams: no STARTTLS (TLS is the HTTP
+    layer's), every element written self-contained. C{secure} says whether
+    SASL may run (HTTPS, or a TLS proxy in front); C{bindable} whether
+    SCRAM-PLUS can bind to the TLS (ours end to end, with the [tls] certificate).
+    """
+
+    can_starttls = False
+
+    def __init__(self, server: Server, secure: bool, bindable: bool) -> None:
+        super().__init__(server, direct_tls=secure)
+        self._bindable = bindable
+
+    @property
+    def channel_binding(self) -> bool:
+        return self._bindable
+
+    def send(self, obj: domish.Element | str | bytes) -> None:
+        if isinstance(obj, domish.Element):
+            data = element_bytes(obj)
+        else:
+            data = obj.encode("utf-8") if isinstance(obj, str) else obj
+        self.transport.write(data)
+
+    def send_bytes(self, data: bytes) -> None:
+        super().send_bytes(namespaced(data))

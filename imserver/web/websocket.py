@@ -28,8 +28,7 @@ from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
 from imserver import lang
-from imserver.stream.c2s import C2SStream
-from imserver.web.framing import NS_CLIENT, NS_FRAMING, NS_STREAMS, element_bytes, namespaced
+from imserver.web.framing import NS_CLIENT, NS_FRAMING, NS_STREAMS, WebStream
 
 if TYPE_CHECKING:
     from imserver.server import Server
@@ -44,13 +43,11 @@ _ROOT = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabbe
 _MESSAGE_SLACK = 4096
 
 
-class WebSocketStream(C2SStream):
+class WebSocketStream(WebStream):
     """A client stream framed by RFC 7395: <open/>, one element per message, <close/>."""
 
-    can_starttls = False
-
-    def __init__(self, server: Server, secure: bool) -> None:
-        super().__init__(server, direct_tls=secure)
+    def __init__(self, server: Server, secure: bool, bindable: bool) -> None:
+        super().__init__(server, secure, bindable)
         self._opened = False
         #: Elements parsed from the current message (one, unless it breaks the framing).
         self._framed: list[domish.Element] = []
@@ -129,16 +126,6 @@ class WebSocketStream(C2SStream):
     def sendFooter(self) -> None:
         self.transport.write(_CLOSE)
 
-    def send(self, obj: domish.Element | str | bytes) -> None:
-        if isinstance(obj, domish.Element):
-            data = element_bytes(obj)
-        else:
-            data = obj.encode("utf-8") if isinstance(obj, str) else obj
-        self.transport.write(data)
-
-    def send_bytes(self, data: bytes) -> None:
-        super().send_bytes(namespaced(data))
-
 
 def _ignore(*args: object) -> None:
     """The synthetic root's start event: the real start is <open/>."""
@@ -209,8 +196,12 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         # twisted.web's HTTP channel was the transport's producer until the upgrade.
         self.transport.unregisterProducer()
-        secure = self.factory.behind_tls_proxy or ISSLTransport.providedBy(self.transport)
-        self.stream = WebSocketStream(self.factory.server, secure)
+        ours = ISSLTransport.providedBy(self.transport)
+        self.stream = WebSocketStream(
+            self.factory.server,
+            secure=ours or self.factory.behind_tls_proxy,
+            bindable=ours and self.factory.server.settings.http.certificate is None,
+        )
         self.stream.makeConnection(_MessageTransport(self))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
