@@ -166,6 +166,24 @@ def test_a_retried_rid_gets_the_same_answer(bosh) -> None:
     assert ET.tostring(first) == ET.tostring(again)
 
 
+def test_a_held_request_whose_connection_broke_can_be_retried(bosh, server: ServerProcess) -> None:
+    """§14.3: the client resends a rid the server handled but could not answer."""
+    import socket
+
+    client = bosh()
+    client.start(wait=2)
+    data = client.body()
+    with socket.create_connection(("127.0.0.1", server.http_port)) as sock:
+        sock.sendall(
+            b"POST /http-bind HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
+        )
+        time.sleep(0.3)  # handled and held; then the connection breaks
+    body = client.request(rid=client.rid)
+    assert body.get("type") is None, ET.tostring(body)
+    assert client.request().get("type") is None  # the session goes on
+
+
 @pytest.mark.parametrize("offset", [3, 50, -5])
 def test_a_rid_out_of_the_window_ends_the_session(bosh, offset: int) -> None:
     """§14.3: beyond 'requests' ahead, or long answered: item-not-found, and the session is gone."""

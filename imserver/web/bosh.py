@@ -11,7 +11,9 @@ The rules kept, with their XEP-0124 sections:
 * rid (§14): requests are handled in rid order; one ahead of a gap waits for
   it; a rid more than C{requests} ahead of the last one handled, or one
   already answered and no longer kept, ends the session with item-not-found;
-  a rid answered recently gets the same answer again (a client's retry).
+  a rid answered recently gets the same answer again, and one handled but
+  not yet answered (its connection broke) waits in the old one's place: a
+  client's retries.
 * hold and wait (§7, §11): at most C{hold} requests are held; a newer one
   releases the oldest; a held request is answered empty after C{wait}.
 * inactivity (§7): a session with no request held for C{inactivity} seconds ends.
@@ -146,6 +148,8 @@ class BoshSession:
         self.early: dict[int, tuple[server.Request, domish.Element, list, int]] = {}
         #: Recent answers by rid, for a client that retries (bounded by the window).
         self.answers: dict[int, bytes] = {}
+        #: Handled rids whose HTTP request went away before an answer (a retry may come).
+        self.unanswered: set[int] = set()
         self.out: list[bytes] = []
         self.out_size = 0
         self.first_answer: bytes | None = None
@@ -176,6 +180,14 @@ class BoshSession:
         if self.terminated:
             self._answer_final(request)
             self._idle_check()
+            return
+        if rid in self.unanswered or any(held[0] == rid for held in self.held):
+            # A retry of a request handled but not answered (its connection broke):
+            # it waits in the old one's place; its payload was already handled.
+            self.unanswered.discard(rid)
+            self._drop_held(rid)
+            self._hold(rid, request)
+            self._flush()
             return
         if rid <= self.rid or rid > self.rid + self.requests or rid in self.early:
             self.fail_session(request, "item-not-found")
@@ -218,22 +230,26 @@ class BoshSession:
             self._respond_oldest()
 
     def _expired(self, rid: int) -> None:
-        for index, (held_rid, _request, _timer) in enumerate(self.held):
-            if held_rid == rid:
-                del self.held[index]
-                self._answer(rid, _request, b"")
-                break
+        request = self._drop_held(rid)
+        if request is not None:
+            self._answer(rid, request, b"")
         self._idle_check()
 
     def _gone(self, _failure, rid: int) -> None:
         """The HTTP client gave up on a held request; what it would have carried waits."""
-        for index, (held_rid, _request, timer) in enumerate(self.held):
+        if self._drop_held(rid) is not None:
+            self.unanswered.add(rid)
+        self._idle_check()
+
+    def _drop_held(self, rid: int) -> server.Request | None:
+        """Take the request held for C{rid} out of the queue (None when there is none)."""
+        for index, (held_rid, request, timer) in enumerate(self.held):
             if held_rid == rid:
                 del self.held[index]
                 if timer.active():
                     timer.cancel()
-                break
-        self._idle_check()
+                return request
+        return None
 
     def _acknowledged(self, value: str) -> None:
         try:
@@ -261,18 +277,18 @@ class BoshSession:
             self._respond_oldest()
         self._idle_check()
 
-    def _answer(
-        self, rid: int, request: server.Request, payload: bytes, extra: bytes = b""
-    ) -> None:
-        attributes = extra
+    def _answer(self, rid: int, request: server.Request, payload: bytes) -> None:
+        attributes = b""
         if self.first_answer is not None:
             attributes, self.first_answer = self.first_answer, None
         elif self.acks and rid < self.rid:
             attributes += b" ack='%d'" % self.rid
         data = _BODY_OPEN + attributes + (b">" + payload + b"</body>" if payload else b"/>")
         self.answers[rid] = data
-        for old in [r for r in self.answers if r <= self.rid - self.requests]:
+        oldest = self.rid - self.requests
+        for old in [r for r in self.answers if r <= oldest]:
             del self.answers[old]
+        self.unanswered = {r for r in self.unanswered if r > oldest}
         _answer(request, data)
 
     def _idle_check(self) -> None:
