@@ -38,7 +38,9 @@ import procstat  # noqa: E402
 
 PYTHON = ROOT / ".venv" / "bin" / "python"
 LOADGEN = BENCH / "xmppload.py"
-SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn")
+SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn", "pep", "archive")
+#: Run with each server's message archive (XEP-0313) on.
+ARCHIVE_SCENARIOS = ("archive",)
 DOMAIN = "localhost"
 FD_LIMIT = 65536
 SERVER_CPU, GENERATOR_CPU = "0", "1"
@@ -49,6 +51,9 @@ FIGURES = (
     ("login-scram", "p50_ms", "login SCRAM-SHA-1 p50", "ms", False),
     ("login-scram", "p99_ms", "login SCRAM-SHA-1 p99", "ms", False),
     ("login-scram", "server_cpu_per_1000", "login SCRAM-SHA-1 CPU", "s/1000", False),
+    ("login-scram256", "rate", "login SCRAM-SHA-256", "logins/s", True),
+    ("login-scram256", "p50_ms", "login SCRAM-SHA-256 p50", "ms", False),
+    ("login-scram256", "server_cpu_per_1000", "login SCRAM-SHA-256 CPU", "s/1000", False),
     ("login-plain", "rate", "login PLAIN", "logins/s", True),
     ("login-plain", "p50_ms", "login PLAIN p50", "ms", False),
     ("login-plain", "p99_ms", "login PLAIN p99", "ms", False),
@@ -73,6 +78,19 @@ FIGURES = (
     ("churn", "cpu_per_1000_after", "messages CPU after churn", "s/1000", False),
     ("churn", "cpu_ratio_after_before", "churn CPU after/before", "ratio", False),
     ("churn", "retained_kib_per_session", "RSS kept after churn", "KiB/session", False),
+    ("pep", "rate", "PEP notifications delivered", "notes/s", True),
+    ("pep", "p50_ms", "PEP publish-to-notification p50", "ms", False),
+    ("pep", "p99_ms", "PEP publish-to-notification p99", "ms", False),
+    ("pep", "server_cpu_per_1000", "PEP notifications CPU", "s/1000", False),
+    ("messages-archive", "rate", "messages delivered, archive on", "msgs/s", True),
+    ("messages-archive", "p50_ms", "message latency p50, archive on", "ms", False),
+    ("messages-archive", "p99_ms", "message latency p99, archive on", "ms", False),
+    ("messages-archive", "loss", "messages lost, archive on", "msgs", False),
+    ("messages-archive", "server_cpu_per_1000", "messages CPU, archive on", "s/1000", False),
+    ("archive-fill", "rate", "one pair, archive on", "msgs/s", True),
+    ("archive-query", "p50_ms", "archive page of 50 p50", "ms", False),
+    ("archive-query", "p99_ms", "archive page of 50 p99", "ms", False),
+    ("archive-query", "server_cpu_per_1000", "archive pages CPU", "s/1000", False),
 )
 
 IMSERVER_CONFIG = """\
@@ -81,7 +99,7 @@ IMSERVER_CONFIG = """\
 hosts = ["{domain}"]
 data_dir = "{data}"
 plugins = ["sessions", "disco", "ping", "version", "register",
-           "roster", "presence", "subscriptions", "offline"]
+           "roster", "presence", "subscriptions", "offline", "caps", "pep"{plugins}]
 allow_registration = true
 
 [storage]
@@ -125,7 +143,8 @@ c2s_ports = {{ {port} }}
 c2s_direct_tls_ports = {{ }}
 legacy_ssl_ports = {{ }}
 s2s_ports = {{ }}
-modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "version", "register" }}
+modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "version", "register",
+                    "pep"{modules} }}
 modules_disabled = {{ "s2s", "s2s_auth_certs" }}
 c2s_require_encryption = false
 s2s_require_encryption = false
@@ -138,8 +157,18 @@ c2s_stanza_size_limit = 1048576
 c2s_timeout = 300
 storage = "internal"
 ssl = {{ certificate = "{dir}/bench.crt", key = "{dir}/bench.key" }}
-
+{archive}
 VirtualHost "{domain}"
+"""
+
+
+#: Prosody's mod_mam as configured for the archive scenario: an archive that may
+#: grow to the scenario's size (the internal store's default quota is 1000), no
+#: expiry (so no per-query total count), imserver's page limits.
+PROSODY_ARCHIVE = """\
+storage_archive_item_limit = 1000000
+archive_expires_after = "never"
+max_archive_query_results = 50
 """
 
 
@@ -219,12 +248,14 @@ class Server:
     port: int
     argv: list[str]
     workdir: Path
+    #: The same server, on the same data, with its message archive on.
+    archive_argv: list[str]
     process: subprocess.Popen | None = None
 
-    def start(self) -> int:
+    def start(self, archive: bool = False) -> int:
         log_file = (self.workdir / "server.out").open("ab")
         self.process = spawn(
-            pinned(SERVER_CPU, self.argv),
+            pinned(SERVER_CPU, self.archive_argv if archive else self.argv),
             cwd=self.workdir,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -251,21 +282,41 @@ class Server:
 def make_imserver(workdir: Path, port: int) -> Server:
     directory = workdir / "imserver"
     directory.mkdir(parents=True, exist_ok=True)
-    config = directory / "imserver.toml"
-    config.write_text(IMSERVER_CONFIG.format(domain=DOMAIN, data=directory / "data", port=port))
-    argv = [str(PYTHON), "-m", "imserver", "run", "-c", str(config)]
-    return Server("imserver", port, argv, directory)
+    argvs = []
+    for name, plugins in (("imserver.toml", ""), ("imserver-archive.toml", ', "mam"')):
+        config = directory / name
+        config.write_text(
+            IMSERVER_CONFIG.format(
+                domain=DOMAIN, data=directory / "data", port=port, plugins=plugins
+            )
+        )
+        argvs.append([str(PYTHON), "-m", "imserver", "run", "-c", str(config)])
+    return Server("imserver", port, argvs[0], directory, argvs[1])
 
 
 def make_prosody(workdir: Path, port: int) -> Server:
     directory = workdir / "prosody"
     (directory / "data").mkdir(parents=True, exist_ok=True)
     _certificate(directory / "bench.crt", directory / "bench.key")
-    config = directory / "prosody.cfg.lua"
-    config.write_text(
-        PROSODY_CONFIG.format(dir=directory, data=directory / "data", port=port, domain=DOMAIN)
+    argvs = []
+    variants = (
+        ("prosody.cfg.lua", "", ""),
+        ("prosody-archive.cfg.lua", ', "mam"', PROSODY_ARCHIVE),
     )
-    return Server("prosody", port, ["prosody", "--config", str(config), "-F"], directory)
+    for name, modules, archive in variants:
+        config = directory / name
+        config.write_text(
+            PROSODY_CONFIG.format(
+                dir=directory,
+                data=directory / "data",
+                port=port,
+                domain=DOMAIN,
+                modules=modules,
+                archive=archive,
+            )
+        )
+        argvs.append(["prosody", "--config", str(config), "-F"])
+    return Server("prosody", port, argvs[0], directory, argvs[1])
 
 
 def _certificate(certificate: Path, key: Path) -> None:
@@ -353,7 +404,7 @@ def generate(server: Server, pid: int, scenario: str, args: argparse.Namespace) 
 
 def profile(server: Server, scenario: str, args: argparse.Namespace, out: Path) -> None:
     """Sample imserver with py-spy while the scenario runs; print its hottest functions."""
-    pid = server.start()
+    pid = server.start(archive=scenario in ARCHIVE_SCENARIOS)
     try:
         raw = out / f"{scenario}.txt"
         spy = spawn(
@@ -400,14 +451,7 @@ def table(records: list[dict], names: tuple[str, str]) -> str:
         "|---|---|---:|---:|---:|---|",
     ]
     for scenario, field, label, unit, higher_better in FIGURES:
-        medians = []
-        for name in names:
-            values = [
-                r[field]
-                for r in records
-                if r["scenario"] == scenario and r["server"] == name and r.get(field) is not None
-            ]
-            medians.append(statistics.median(values) if values else None)
+        medians = [_median(records, scenario, name, field) for name in names]
         if medians[0] is None and medians[1] is None:
             continue
         a, b = medians
@@ -421,6 +465,52 @@ def table(records: list[dict], names: tuple[str, str]) -> str:
             f"{'' if ratio is None else f'{ratio:.2f}'} | {verdict} |"
         )
     return "\n".join(rows)
+
+
+#: Issue 9's login targets: (label, (scenario, field) for imserver, the same for Prosody,
+#: the bound on imserver/Prosody, True when the ratio must be at least the bound).
+#: Prosody 0.12 has no SCRAM-SHA-256 for stored keys, so ours is set against its SCRAM-SHA-1.
+TARGETS = (
+    (
+        "SCRAM-SHA-256 logins/s vs Prosody SCRAM-SHA-1",
+        ("login-scram256", "rate"),
+        ("login-scram", "rate"),
+        1.5,
+        True,
+    ),
+    ("PLAIN logins/s", ("login-plain", "rate"), ("login-plain", "rate"), 1.0, True),
+    ("big-roster login p50", ("roster-login", "p50_ms"), ("roster-login", "p50_ms"), 1.0, False),
+)
+
+
+def targets(records: list[dict], names: tuple[str, str]) -> str:
+    """Each login target: both medians, their ratio, and whether the bound is met."""
+    rows = [
+        "| target | imserver | prosody | ratio | bound | met |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for label, (ours, field), (theirs, their_field), bound, at_least in TARGETS:
+        a = _median(records, ours, names[0], field)
+        b = _median(records, theirs, names[1], their_field)
+        if a is None or b is None or not b:
+            continue
+        ratio = a / b
+        met = ratio >= bound if at_least else ratio <= bound
+        sign = ">=" if at_least else "<="
+        rows.append(
+            f"| {label} | {_number(a)} | {_number(b)} | {ratio:.2f} | {sign} {bound} | "
+            f"{'yes' if met else 'NO'} |"
+        )
+    return "\n".join(rows)
+
+
+def _median(records: list[dict], scenario: str, server: str, field: str) -> float | None:
+    values = [
+        r[field]
+        for r in records
+        if r["scenario"] == scenario and r["server"] == server and r.get(field) is not None
+    ]
+    return statistics.median(values) if values else None
 
 
 def load_table(records: list[dict], names: tuple[str, str]) -> str:
@@ -532,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
                 for server in order:
                     log(f"# round {round_number + 1}/{args.rounds}: {scenario} on {server.name}")
                     wait_for_quiet(args.quiet_wait)
-                    pid = server.start()
+                    pid = server.start(archive=scenario in ARCHIVE_SCENARIOS)
                     try:
                         found = generate(server, pid, scenario, args)
                     finally:
@@ -547,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
             rounds = f"{args.rounds} round{'s' if args.rounds > 1 else ''}"
             log(f"\n## Medians of {rounds}{' (--quick sizes)' if args.quick else ''}\n")
             log(table(records, names))
+            log("\n## Login targets (issue 9)\n")
+            log(targets(records, names))
             log("\n## CPU use during the measured phases (medians)\n")
             log(load_table(records, names))
             minutes = (time.monotonic() - started) / 60

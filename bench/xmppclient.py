@@ -5,8 +5,8 @@ each connection is an asyncio Protocol that, during negotiation, splits the
 stream into top-level elements by counting tags with bytes.find (enough for
 what servers send; no entity, namespace or attribute parsing), and during a
 measured phase hands raw socket reads to a callback that only counts markers.
-SASL PLAIN and SCRAM-SHA-1 are done by hand so nothing but the standard library
-is needed and the salted password is derived once per user.
+SASL PLAIN and SCRAM-SHA-1/SCRAM-SHA-256 are done by hand so nothing but the
+standard library is needed and the salted password is derived once per user.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 STREAM_END = b"</stream:stream>"
 
 _resources = itertools.count()
-#: Salted-password keys per (password, salt, iterations): derived once, like a real client.
+#: hashlib name per SCRAM mechanism the generator speaks.
+SCRAM_HASHES = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256"}
+#: Salted-password keys per (hash, password, salt, iterations): derived once, like a real client.
 _scram_cache: dict[str, tuple[bytes, bytes, bytes]] = {}
 
 
@@ -238,7 +240,8 @@ class Conn(asyncio.Protocol):
             self.send(_sasl("auth", payload, mechanism))
             await self._sasl_success(None)
             return
-        if mechanism != "SCRAM-SHA-1":
+        digest = SCRAM_HASHES.get(mechanism)
+        if digest is None:
             raise XMPPError(f"unsupported mechanism {mechanism}")
         nonce = secrets.token_urlsafe(18)
         client_first_bare = f"n={_scram_name(user)},r={nonce}"
@@ -251,14 +254,14 @@ class Conn(asyncio.Protocol):
         if not fields["r"].startswith(nonce):
             raise XMPPError(f"{user}: the server changed our SCRAM nonce")
         salt, iterations = base64.b64decode(fields["s"]), int(fields["i"])
-        client_key, stored_key, server_key = _scram_keys(password, salt, iterations)
+        client_key, stored_key, server_key = _scram_keys(digest, password, salt, iterations)
         final_bare = f"c=biws,r={fields['r']}"
         auth_message = f"{client_first_bare},{server_first},{final_bare}".encode()
-        signature = hmac.digest(stored_key, auth_message, "sha1")
+        signature = hmac.digest(stored_key, auth_message, digest)
         proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
         final = f"{final_bare},p={base64.b64encode(proof).decode()}"
         self.send(_sasl("response", final.encode()))
-        expected = base64.b64encode(hmac.digest(server_key, auth_message, "sha1")).decode()
+        expected = base64.b64encode(hmac.digest(server_key, auth_message, digest)).decode()
         await self._sasl_success(f"v={expected}")
 
     async def _sasl_success(self, verifier: str | None) -> None:
@@ -312,23 +315,27 @@ def _scram_name(user: str) -> str:
     return user.replace("=", "=3D").replace(",", "=2C")
 
 
-def _scram_keys(password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes, bytes]:
+def _scram_keys(
+    digest: str, password: str, salt: bytes, iterations: int
+) -> tuple[bytes, bytes, bytes]:
     """(ClientKey, StoredKey, ServerKey), cached: a real client also keeps them."""
-    key = _cache_key(password, salt, iterations)
+    key = _cache_key(digest, password, salt, iterations)
     if key not in _scram_cache:
-        salted = hashlib.pbkdf2_hmac("sha1", password.encode(), salt, iterations)
-        client_key = hmac.digest(salted, b"Client Key", "sha1")
+        salted = hashlib.pbkdf2_hmac(digest, password.encode(), salt, iterations)
+        client_key = hmac.digest(salted, b"Client Key", digest)
         _scram_cache[key] = (
             client_key,
-            hashlib.sha1(client_key).digest(),
-            hmac.digest(salted, b"Server Key", "sha1"),
+            hashlib.new(digest, client_key).digest(),
+            hmac.digest(salted, b"Server Key", digest),
         )
     return _scram_cache[key]
 
 
-def _cache_key(password: str, salt: bytes, iterations: int) -> str:
-    digest = hashlib.sha256(password.encode()).hexdigest()[:16]
-    return f"{digest}:{salt.hex()}:{iterations}"
+def _cache_key(digest: str, password: str, salt: bytes, iterations: int) -> str:
+    secret = hashlib.sha256(password.encode()).hexdigest()[:16]
+    # SHA-1 entries keep their old key, so an existing cache file stays valid.
+    prefix = "" if digest == "sha1" else f"{digest}:"
+    return f"{prefix}{secret}:{salt.hex()}:{iterations}"
 
 
 def load_scram_cache(path: Path) -> None:
@@ -419,6 +426,16 @@ class WSConn(Conn):
         if b"features" not in features[:40]:
             raise XMPPError(f"expected stream features, got {features[:200]!r}")
         return features
+
+
+async def offered_mechanisms(target: Target) -> set[str]:
+    """The SASL mechanisms the server offers on a fresh stream."""
+    conn = await connect(target)
+    try:
+        features = await conn.open_stream(target.domain)
+    finally:
+        conn.close()
+    return {m.decode() for m in re.findall(rb"<mechanism>([^<]+)</mechanism>", features)}
 
 
 async def login(

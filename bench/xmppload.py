@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import ipaddress
 import json
 import os
@@ -39,11 +41,19 @@ from xmppclient import (  # noqa: E402
     attribute,
     load_scram_cache,
     login,
+    offered_mechanisms,
     register,
     save_scram_cache,
 )
 
-SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn")
+SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn", "pep", "archive")
+#: (mechanism, record name) measured by the login scenario, when the server offers it.
+#: Prosody 0.12 has no SCRAM-SHA-256 for stored credentials, so it has no login-scram256.
+LOGIN_MECHANISMS = (
+    ("SCRAM-SHA-1", "login-scram"),
+    ("SCRAM-SHA-256", "login-scram256"),
+    ("PLAIN", "login-plain"),
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,11 @@ class Sizes:
     roster_items: int = 500
     roster_gets: int = 200
     roster_logins: int = 20
+    pep_publishes: int = 300
+    pep_window: int = 5
+    #: Messages in the one archive that the archive scenario queries, and queries made.
+    archive_size: int = 100_000
+    archive_queries: int = 200
 
 
 QUICK = Sizes(
@@ -75,6 +90,9 @@ QUICK = Sizes(
     roster_items=100,
     roster_gets=50,
     roster_logins=5,
+    pep_publishes=50,
+    archive_size=2000,
+    archive_queries=40,
 )
 
 
@@ -420,7 +438,11 @@ async def scenario_login(ctx: Context) -> list[dict]:
     users = ctx.users(s.login_clients)
     meter = Meter(ctx.server_pid)
     records = []
-    for mechanism, name in (("SCRAM-SHA-1", "login-scram"), ("PLAIN", "login-plain")):
+    offered = await offered_mechanisms(ctx.target)
+    for mechanism, name in LOGIN_MECHANISMS:
+        if mechanism not in offered:
+            print(f"# {ctx.label} does not offer {mechanism}: no {name}", flush=True)
+            continue
         await close_all(await login_many(ctx, users[:10], 5, mechanism))  # warm-up
         latencies: list[int] = []
         meter.start()
@@ -462,6 +484,82 @@ async def scenario_messages(ctx: Context, name: str = "messages") -> dict:
         loss=max(0, sent - flow.delivered),
         duplicates=max(0, flow.delivered - sent),
     )
+
+
+NS_MAM = "urn:xmpp:mam:2"
+FIRST_ID = re.compile(rb"<first[^>]*>([^<]+)</first>")
+
+
+async def scenario_archive(ctx: Context) -> list[dict]:
+    """With the server's message archive on (XEP-0313): the message rate, then query latency.
+
+    1. The messages scenario, as is: what archiving costs the hot path.
+    2. One fresh account receives C{archive_size} messages from another
+       (pipelined as in the messages scenario), so its archive holds that many.
+    3. That account pages back through its archive, 50 messages a page
+       (RSM <before/>, as a client scrolling up does), C{archive_queries} times;
+       each page's latency runs from sending the query to its iq result, after
+       all 50 results arrived.
+    """
+    s = ctx.sizes
+    records = [await scenario_messages(ctx, name="messages-archive")]
+    stamp = f"{time.time_ns():x}"[-8:]
+    owner, peer = f"arch{stamp}o", f"arch{stamp}p"
+    for user in (owner, peer):
+        await register(ctx.target, user)
+    sender = await login(ctx.target, peer, ctx.mechanism)
+    receiver = await login(ctx.target, owner, ctx.mechanism)
+    sender.set_sink(discard)
+    pair = Pair(sender, receiver.jid.split("/")[0], 10 * s.message_window)
+    counter = StampCounter(b"</message>", b"<body>T", pair.delivered)
+    receiver.set_sink(counter)
+    meter = Meter(ctx.server_pid)
+    flow, m = await run_flow([counter], [pair], s.archive_size, s.archive_size, meter)
+    records.append(report(ctx, "archive-fill", flow.delivered, "msgs/s", m))
+    await close_all([sender, receiver])
+
+    reader = await login(ctx.target, owner, ctx.mechanism, presence=False)
+    latencies: list[int] = []
+    before = b"<before/>"
+    short_pages = 0
+    meter.start()
+    for n in range(s.archive_queries):
+        iq_id = f"mam{n}"
+        started = time.perf_counter_ns()
+        reader.send(
+            f"<iq type='set' id='{iq_id}'><query xmlns='{NS_MAM}' queryid='{iq_id}'>"
+            "<set xmlns='http://jabber.org/protocol/rsm'><max>50</max>".encode()
+            + before
+            + b"</set></query></iq>"
+        )
+        results = 0
+        while True:
+            element = await reader.next()
+            if element.startswith(b"<message") and b"<result" in element:
+                results += 1
+            elif element.startswith(b"<iq") and f"id='{iq_id}'".encode() in element[:200]:
+                break
+        latencies.append(time.perf_counter_ns() - started)
+        short_pages += results != 50
+        first = FIRST_ID.search(element)
+        if first is None or attribute(element, "type") != "result":
+            raise XMPPError(f"archive query {iq_id} failed: {element[:300]!r}")
+        before = b"<before>" + first.group(1) + b"</before>"
+    m = meter.stop()
+    await close_all([reader])
+    records.append(
+        report(
+            ctx,
+            "archive-query",
+            s.archive_queries,
+            "pages/s",
+            m,
+            latencies,
+            archive=flow.delivered,
+            short_pages=short_pages,
+        )
+    )
+    return records
 
 
 async def ensure_subscriptions(ctx: Context, hub_user: str, contacts: list[str]) -> int:
@@ -551,6 +649,123 @@ async def scenario_fanout(ctx: Context) -> dict:
         flow.latencies,
         loss=max(0, broadcaster.sent * len(contacts) - flow.delivered),
         changes=broadcaster.sent,
+    )
+
+
+PEP_NODE = "urn:bench:pep"
+PEP_FEATURES = sorted(
+    (
+        "http://jabber.org/protocol/caps",
+        "http://jabber.org/protocol/disco#info",
+        PEP_NODE + "+notify",
+    )
+)
+PEP_IDENTITY = "client/bot//bench"
+#: XEP-0115 §5.1 for this one identity and these features.
+PEP_VER = base64.b64encode(
+    hashlib.sha1((PEP_IDENTITY + "<" + "".join(f + "<" for f in PEP_FEATURES)).encode()).digest()
+).decode()
+PEP_CAPS_NODE = "https://imserver.invalid/bench"
+
+
+class Publisher(Windowed):
+    """The PEP owner: stamped publishes, at most C{window} not yet fully delivered."""
+
+    def __init__(self, conn: Conn, fan: int, window: int) -> None:
+        super().__init__(window)
+        self.conn = conn
+        self.fan = fan
+
+    def pump(self) -> None:
+        in_flight = -(-(self.sent * self.fan - self.received) // self.fan)
+        count = min(self.total - self.sent, self.window - in_flight)
+        if count > 0:
+            stamp = str(time.perf_counter_ns())
+            self.conn.send(
+                "".join(
+                    f"<iq type='set' id='pub{self.sent + n}'>"
+                    "<pubsub xmlns='http://jabber.org/protocol/pubsub'>"
+                    f"<publish node='{PEP_NODE}'><item id='current'>"
+                    f"<status xmlns='{PEP_NODE}'><t>T{stamp}</t></status>"
+                    "</item></publish></pubsub></iq>"
+                    for n in range(count)
+                ).encode()
+            )
+            self.sent += count
+
+
+def caps_interest(conn: Conn) -> Callable[[bytes], bool]:
+    """A predicate that answers the server's disco#info query for our caps (a side effect)
+    and is true for the first PEP notification: the contact's interest is known."""
+
+    def match(element: bytes) -> bool:
+        if element.startswith(b"<iq") and attribute(element, "type") == "get":
+            if b"disco#info" in element:
+                node = attribute(element[element.find(b"<query") :], "node") or ""
+                features = "".join(f"<feature var='{f}'/>" for f in PEP_FEATURES)
+                conn.send(
+                    f"<iq type='result' id='{attribute(element, 'id')}' "
+                    f"to='{attribute(element, 'from')}'>"
+                    f"<query xmlns='http://jabber.org/protocol/disco#info' node='{node}'>"
+                    "<identity category='client' type='bot' name='bench'/>"
+                    f"{features}</query></iq>".encode()
+                )
+            return False
+        return element.startswith(b"<message") and PEP_NODE.encode() in element
+
+    return match
+
+
+async def scenario_pep(ctx: Context) -> dict:
+    """XEP-0163: one user publishes to a node that N mutually subscribed contacts want (+notify).
+
+    The contacts announce their interest the XEP-0115 way (caps in presence,
+    answering the server's disco#info); the owner pipelines stamped publishes.
+    """
+    s = ctx.sizes
+    hub_user, contact_users = "p0", [f"p{i}" for i in range(1, s.contacts + 1)]
+    await ensure_subscriptions(ctx, hub_user, contact_users)
+    hub = await login(ctx.target, hub_user, ctx.mechanism)
+    contacts: list[Conn] = []
+    for user in contact_users:
+        conn = await login(ctx.target, user, ctx.mechanism, roster=True, presence=False)
+        contacts.append(conn)
+        conn.send(
+            f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' "
+            f"node='{PEP_CAPS_NODE}' ver='{PEP_VER}'/></presence>".encode()
+        )
+    hub.set_sink(discard)
+    interested = asyncio.ensure_future(together(c.expect(caps_interest(c)) for c in contacts))
+    published = 0
+    while not interested.done():  # until every contact got a notification
+        Publisher(hub, len(contacts), 1).start(1)
+        published += 1
+        await asyncio.wait([interested], timeout=0.5)
+        if published > 60:
+            interested.cancel()
+            raise XMPPError("pep: contacts got no notifications within 30 s")
+    await interested
+    publisher = Publisher(hub, len(contacts), s.pep_window)
+    counters = []
+    for contact in contacts:
+        counter = StampCounter(b"</message>", b"<t>T", publisher.delivered)
+        contact.set_sink(counter)
+        counters.append(counter)
+    meter = Meter(ctx.server_pid)
+    warm = min(20, s.pep_publishes)
+    await run_flow(counters, [publisher], warm, warm * len(contacts), meter)
+    total = s.pep_publishes * len(contacts)
+    flow, m = await run_flow(counters, [publisher], s.pep_publishes, total, meter)
+    await close_all(contacts + [hub])
+    return report(
+        ctx,
+        "pep",
+        flow.delivered,
+        "notes/s",
+        m,
+        flow.latencies,
+        loss=max(0, publisher.sent * len(contacts) - flow.delivered),
+        publishes=publisher.sent,
     )
 
 
@@ -757,7 +972,10 @@ async def scenario_setup(ctx: Context, command: str | None, jobs: int, warm_scra
     users = ctx.users(ctx.pool_size()) + ctx.users(s.contacts + 1, "p") + ["r0"]
     counts = await provision(ctx, users, command, jobs)
     if warm_scram:
-        await close_all(await login_many(ctx, users, 20, "SCRAM-SHA-1"))
+        offered = await offered_mechanisms(ctx.target)
+        for mechanism in ("SCRAM-SHA-1", "SCRAM-SHA-256"):
+            if mechanism in offered:
+                await close_all(await login_many(ctx, users, 20, mechanism))
     new_subscriptions = await ensure_subscriptions(
         ctx, "p0", [f"p{i}" for i in range(1, s.contacts + 1)]
     )
@@ -808,7 +1026,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--mechanism",
         default="SCRAM-SHA-1",
-        choices=("SCRAM-SHA-1", "PLAIN"),
+        choices=("SCRAM-SHA-1", "SCRAM-SHA-256", "PLAIN"),
         help="SASL mechanism outside the login scenario",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke test")
@@ -859,7 +1077,8 @@ async def run(args: argparse.Namespace) -> int:
     )
     wanted = set(args.scenarios) - {"all"}
     if "all" in args.scenarios:
-        wanted.update(SCENARIOS)
+        # The archive scenario needs a server configured with its archive on.
+        wanted.update(s for s in SCENARIOS if s != "archive")
     runners: dict[str, Callable[[], Awaitable[object]]] = {
         "setup": lambda: scenario_setup(
             ctx, args.provision_command, args.jobs, args.scram_cache is not None
@@ -870,6 +1089,8 @@ async def run(args: argparse.Namespace) -> int:
         "idle": lambda: _idle_then_close(ctx),
         "roster": lambda: scenario_roster(ctx),
         "churn": lambda: scenario_churn(ctx),
+        "pep": lambda: scenario_pep(ctx),
+        "archive": lambda: scenario_archive(ctx),
     }
     if args.scram_cache:
         load_scram_cache(args.scram_cache)

@@ -30,6 +30,10 @@ DEFAULT_PLUGINS = (
     "offline",
     "privacy",
     "blocking",
+    "caps",
+    "pep",
+    "vcard",
+    "private",
 )
 
 
@@ -76,6 +80,51 @@ class HTTPSettings:
     @property
     def enabled(self) -> bool:
         return bool(self.port or self.tls_port)
+
+
+@dataclass(frozen=True)
+class S2SPolicy:
+    """How a remote domain must authenticate (RFC 6120 §13, XEP-0178, XEP-0220)."""
+
+    #: Refuse a connection that does not use TLS.
+    require_encryption: bool = True
+    #: Only certificates (SASL EXTERNAL); never fall back to dialback.
+    secure_auth: bool = False
+
+
+@dataclass(frozen=True)
+class S2SSettings:
+    """Server-to-server federation: listener, DNS, certificates, policy, limits."""
+
+    enabled: bool = False
+    interface: str = "0.0.0.0"
+    port: int = 5269
+    #: XEP-0368 direct TLS listener; 0 disables it.
+    direct_tls_port: int = 0
+    #: DNS servers "ip" or "ip:port"; empty means the system's /etc/resolv.conf.
+    resolvers: tuple[tuple[str, int], ...] = ()
+    #: Static routes: domain -> (host, port), tried before DNS.
+    hosts: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: CA certificates (PEM) peers are verified against; None is the system's set.
+    ca_file: Path | None = None
+    #: XEP-0185 dialback secret; empty means a random one per start.
+    dialback_secret: str = ""
+    #: XEP-0288: offer and request bidirectional streams.
+    bidi: bool = True
+    default_policy: S2SPolicy = field(default_factory=S2SPolicy)
+    policies: dict[str, S2SPolicy] = field(default_factory=dict)
+    #: Seconds to connect and authenticate before queued stanzas bounce (remote-server-timeout).
+    connect_timeout: float = 30.0
+    #: Seconds without traffic before an s2s connection is closed.
+    idle_timeout: float = 600.0
+    #: Stanzas held per remote domain while its connection is being made.
+    max_queue: int = 1000
+    #: Open s2s connections (both directions) to one remote domain, and in total.
+    max_connections_per_domain: int = 8
+    max_connections: int = 1000
+
+    def policy(self, domain: str) -> S2SPolicy:
+        return self.policies.get(domain, self.default_policy)
 
 
 @dataclass(frozen=True)
@@ -127,6 +176,7 @@ class Settings:
     tls: TLSSettings
     c2s: C2SSettings = field(default_factory=C2SSettings)
     http: HTTPSettings = field(default_factory=HTTPSettings)
+    s2s: S2SSettings = field(default_factory=S2SSettings)
     plugins: tuple[str, ...] = DEFAULT_PLUGINS
     limits: Limits = field(default_factory=Limits)
     #: XEP-0077 in-band registration (off by default).
@@ -186,6 +236,7 @@ def from_dict(raw: dict[str, Any], base: Path | None = None) -> Settings:
     )
 
     http_settings = _http(reader.table("http"), data_dir)
+    s2s_settings = _s2s(reader.table("s2s"), data_dir)
 
     limits = reader.table("limits")
     defaults = Limits()
@@ -214,6 +265,7 @@ def from_dict(raw: dict[str, Any], base: Path | None = None) -> Settings:
         tls=tls_settings,
         c2s=c2s_settings,
         http=http_settings,
+        s2s=s2s_settings,
         plugins=plugins,
         limits=Limits(**limit_values),
         allow_registration=allow_registration,
@@ -251,6 +303,80 @@ def _http(http: OptionReader, data_dir: Path) -> HTTPSettings:
         if getattr(settings, name) == 0:
             raise ConfigError(f"{http.prefix}{name}: must be greater than 0")
     return settings
+
+
+def _s2s(table: OptionReader, data_dir: Path) -> S2SSettings:
+    defaults = S2SSettings()
+    resolvers = tuple(
+        _address(a, f"{table.prefix}resolvers", 53) for a in table.list("resolvers", [], str)
+    )
+    hosts_table = table.table("hosts")
+    hosts = {}
+    for domain in list(hosts_table.raw):
+        key = f"{hosts_table.prefix}{domain}"
+        hosts[_host(domain, key)] = _address(hosts_table.str(domain, ""), key, 5269)
+    ca_file = table.str("ca_file", "")
+    default_policy = _policy(table, S2SPolicy())
+    domains = table.table("domain")
+    policies = {}
+    for domain in list(domains.raw):
+        policies[_host(domain, f"{domains.prefix}{domain}")] = _policy(
+            domains.table(domain), default_policy
+        )
+    settings = S2SSettings(
+        enabled=table.bool("enabled", defaults.enabled),
+        interface=table.str("interface", defaults.interface),
+        port=table.port("port", defaults.port),
+        direct_tls_port=table.port("direct_tls_port", defaults.direct_tls_port),
+        resolvers=resolvers,
+        hosts=hosts,
+        ca_file=(data_dir / ca_file) if ca_file else None,
+        dialback_secret=table.str("dialback_secret", ""),
+        bidi=table.bool("bidi", defaults.bidi),
+        default_policy=default_policy,
+        policies=policies,
+        connect_timeout=table.number("connect_timeout", defaults.connect_timeout),
+        idle_timeout=table.number("idle_timeout", defaults.idle_timeout),
+        max_queue=table.positive_int("max_queue", defaults.max_queue),
+        max_connections_per_domain=table.positive_int(
+            "max_connections_per_domain", defaults.max_connections_per_domain
+        ),
+        max_connections=table.positive_int("max_connections", defaults.max_connections),
+    )
+    for name in ("connect_timeout", "idle_timeout"):
+        if getattr(settings, name) == 0:
+            raise ConfigError(f"{table.prefix}{name}: must be greater than 0")
+    if settings.ca_file is not None and not settings.ca_file.is_file():
+        raise ConfigError(f"{table.prefix}ca_file: {settings.ca_file} is not a readable file")
+    return settings
+
+
+def _policy(table: OptionReader, defaults: S2SPolicy) -> S2SPolicy:
+    return S2SPolicy(
+        require_encryption=table.bool("require_encryption", defaults.require_encryption),
+        secure_auth=table.bool("secure_auth", defaults.secure_auth),
+    )
+
+
+def _address(value: str, key: str, default_port: int) -> tuple[str, int]:
+    """'host', 'host:port' or '[v6]:port' -> (host, port)."""
+    host, port = value, default_port
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        if rest:
+            port = _port_text(rest.removeprefix(":"), value, key)
+    elif value.count(":") == 1:
+        host, _, text = value.partition(":")
+        port = _port_text(text, value, key)
+    if not host:
+        raise ConfigError(f"{key}: {value!r} needs a host")
+    return host, port
+
+
+def _port_text(text: str, value: str, key: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= 65535:
+        raise ConfigError(f"{key}: {value!r} has no valid port")
+    return int(text)
 
 
 def _host(value: str, key: str) -> str:

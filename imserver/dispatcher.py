@@ -81,6 +81,11 @@ HOOKS = frozenset(
         "roster-changed",
         "privacy-changed",
         "user-deleted",
+        # caps-known(session, new_nodes): a client's +notify interests grew (XEP-0115).
+        "caps-known",
+        # pep-published(owner, node, item) / pep-retracted(owner, node, ids): PEP changed.
+        "pep-published",
+        "pep-retracted",
     )
 )
 _IQ_TARGETS = frozenset(("host", "self", "bare", "preauth"))

@@ -149,7 +149,71 @@ class IPrivacyStore(Interface):
         """
 
 
-class IStore(IUserStore, IRosterStore, IOfflineStore, IPrivacyStore):
+class IPersonalStore(Interface):
+    """Per-account documents: PEP nodes and items (XEP-0163), private XML and vCards.
+
+    PEP writes are small and each is one transaction; the caller (the PEP
+    plugin) has already checked quotas against its cached picture of the account.
+    """
+
+    def load_pep(user, host):
+        """Fire with {node: (config_json, [(item_id, payload_xml), ...] oldest first)}."""
+
+    def save_pep_node(user, host, node, config_json, dropped):
+        """Create or reconfigure a node, deleting the items listed in C{dropped}."""
+
+    def put_pep_item(user, host, node, config_json, item_id, payload_xml, dropped):
+        """Store an item (replacing one with its id) as the node's newest.
+
+        C{config_json} is not None when the publish created the node; the items
+        in C{dropped} (trimmed by max_items) go in the same transaction.
+        """
+
+    def delete_pep_items(user, host, node, item_ids):
+        """Delete those items of a node (all of them when C{item_ids} is None)."""
+
+    def delete_pep_node(user, host, node):
+        """Delete a node and its items."""
+
+    def get_document(user, host, key):
+        """Fire with the stored XML under C{key} (private storage, vCard) or None."""
+
+    def put_document(user, host, key, xml, limit=None):
+        """Store C{xml} under C{key} (None deletes it); fire with False, storing nothing,
+        when that would be a new key beyond C{limit} documents of the account."""
+
+
+class IArchiveStore(Interface):
+    """Per-user message archives (XEP-0313) and their preferences."""
+
+    def append_archive(records):
+        """Store L{imserver.archive.ArchiveRecord}s, in the given order, in one transaction."""
+
+    def query_archive(user, host, query):
+        """Fire with an L{imserver.archive.ArchivePage} for an L{imserver.archive.ArchiveQuery}.
+
+        Fails with L{imserver.archive.UnknownArchiveId} when its after/before id
+        is not in the archive.
+        """
+
+    def archive_bounds(user, host):
+        """Fire with (first, last) L{imserver.archive.ArchivedMessage}s, or (None, None)."""
+
+    def expire_archive(before):
+        """Delete every user's messages archived before C{before} (microseconds); fire with
+        how many."""
+
+    def delete_archive(user, host):
+        """Remove the user's archive and preferences (the account is gone)."""
+
+    def get_archive_prefs(user, host):
+        """Fire with the user's L{imserver.archive.ArchivePrefs}, or None when never set."""
+
+    def set_archive_prefs(user, host, prefs):
+        """Replace the user's archiving preferences."""
+
+
+class IStore(IUserStore, IRosterStore, IOfflineStore, IPrivacyStore, IPersonalStore, IArchiveStore):
     """One storage provider offering every store."""
 
     def start():

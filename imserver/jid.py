@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 
-__all__ = ["JID", "InvalidFormat", "parse_jid"]
+__all__ = ["JID", "InvalidFormat", "parse_jid", "prepared_jid"]
 
 
 @lru_cache(maxsize=16384)
@@ -34,3 +34,14 @@ def parse_jid(value: str) -> JID:
         if part is not None and len(part.encode()) > 1023:
             raise InvalidFormat("JID part too long")
     return parsed
+
+
+def prepared_jid(user: str | None, host: str, resource: str | None) -> JID:
+    """A JID from parts that were stringprepped already (a bound session's).
+
+    Twisted's C{JID(tuple=...)} would run all three profiles again; a login
+    has prepared each part on its way in, so this only assembles them.
+    """
+    jid = JID.__new__(JID)
+    jid.user, jid.host, jid.resource = user or None, host, resource or None
+    return jid

@@ -65,6 +65,10 @@ class Server:
         self.account_identities: set[tuple[str, str, str | None]] = {
             ("account", "registered", None)
         }
+        #: disco#info nodes the server answers with its own info (its XEP-0115 node#ver).
+        self.host_info_nodes: set[str] = set()
+        #: The PEP engine (L{imserver.pep.PepEngine}) when the pep plugin is loaded.
+        self.pep = None
         self.stream_features: dict[str, list[FeatureFactory]] = {"preauth": [], "bound": []}
         self.ready: defer.Deferred = defer.Deferred()
         self._options: dict[str, OptionReader] = {}

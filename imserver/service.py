@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from imserver import tls
 from imserver.config import Settings, TLSSettings
+from imserver.s2s.manager import S2SFactory, S2SManager, S2SService
 from imserver.server import Server
 from imserver.storage import open_store
 from imserver.stream.c2s import C2SFactory
@@ -111,6 +112,22 @@ def makeService(settings: Settings) -> service.MultiService:
                 options = tls.load(TLSSettings(http.certificate, http.key)).options
             internet.SSLServer(
                 http.tls_port, site, options, interface=http.interface
+            ).setServiceParent(top)
+    s2s = settings.s2s
+    if s2s.enabled:
+        manager = S2SManager(server, s2s, settings.tls.certificate, settings.tls.key)
+        server.router.set_default_route(manager)
+        S2SService(manager).setServiceParent(top)
+        if s2s.port:
+            internet.TCPServer(
+                s2s.port, S2SFactory(manager), interface=s2s.interface
+            ).setServiceParent(top)
+        if s2s.direct_tls_port:
+            internet.SSLServer(
+                s2s.direct_tls_port,
+                S2SFactory(manager, direct_tls=True),
+                manager.server_tls,
+                interface=s2s.interface,
             ).setServiceParent(top)
     top.server = server  # for embedders and tests that want to look inside
     return top

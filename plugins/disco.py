@@ -6,7 +6,8 @@ bare JID is answered by the server on the account's behalf (XEP-0030 §3,
 XEP-0163 §4): to the account itself, and to contacts subscribed to its
 presence, with what plugins put in C{server.account_identities} and
 C{server.account_features} (the archive, PEP). Anyone else gets
-service-unavailable, which reveals nothing about the account.
+service-unavailable, which reveals nothing about the account. The server's
+XEP-0115 node#ver (C{server.host_info_nodes}) is answered like the server.
 """
 
 from twisted.internet import defer
@@ -28,22 +29,35 @@ class Disco:
         self.server = server
         self._server_info = None
         self._account_info = None
+        server.host_info = self.host_info
         dispatcher = server.dispatcher
         dispatcher.on(("iq", "get", NS_DISCO_INFO, "host"), self.server_info)
         dispatcher.on(("iq", "get", NS_DISCO_INFO, "self"), self.account_info)
         dispatcher.on(("iq", "get", NS_DISCO_INFO, "bare"), self.contact_info)
         for target in ("host", "self"):
-            dispatcher.on(("iq", "get", NS_DISCO_ITEMS, target), self.items)
+            # Low priority: PEP lists an account's nodes first.
+            dispatcher.on(("iq", "get", NS_DISCO_ITEMS, target), self.items, priority=-10)
 
-    def server_info(self, event) -> bool:
-        _no_node(event)
+    def host_info(self) -> domish.Element:
+        """The server's disco#info <query/> (built once, after every plugin attached)."""
         if self._server_info is None:
             info = DiscoInfo()
             info.append(DiscoIdentity("server", "im", "imserver"))
             for namespace in sorted(self.server.disco_features):
                 info.append(DiscoFeature(namespace))
             self._server_info = info.toElement()
-        return event.answer(self._server_info)
+        return self._server_info
+
+    def server_info(self, event) -> bool:
+        node = event.stanza.firstChildElement().getAttribute("node")
+        if not node:
+            return event.answer(self.host_info())
+        if node not in self.server.host_info_nodes:
+            raise StanzaError("item-not-found")
+        query = domish.Element((NS_DISCO_INFO, "query"))
+        query["node"] = node
+        query.children = self.host_info().children
+        return event.answer(query)
 
     def account_info(self, event) -> bool:
         _no_node(event)

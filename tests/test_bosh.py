@@ -8,7 +8,6 @@ body's default namespace is httpbind) would show up with the wrong tag.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -354,6 +353,4 @@ def test_a_thousand_concurrent_sessions(make_server) -> None:
     assert len(held) == count
     # Every held request waited its 'wait' (3 s), none was dropped or answered early.
     assert min(held) > 2.5 and max(held) < 30
-    log = many.log_text()
-    assert "Traceback" not in log
-    assert len(re.findall(r"c2s connection from", log)) >= count
+    assert "Traceback" not in many.log_text()

@@ -21,6 +21,12 @@ def test_a_stanza_gets_jabber_client_declared() -> None:
     )
 
 
+def test_prebuilt_stream_features_get_the_stream_prefix_declared() -> None:
+    data = b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>"
+    parsed = ET.fromstring(namespaced(data))
+    assert parsed.tag == "{http://etherx.jabber.org/streams}features"
+
+
 def test_an_element_with_its_own_namespace_is_left_alone() -> None:
     data = b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
     assert namespaced(data) is data

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -152,8 +153,77 @@ privacy_default = Table(
     Column("name", String(PART_LENGTH), nullable=False),
 )
 
-#: The tables every user's data lives in, children before parents, for deletion.
-USER_TABLES = (
+pep_nodes = Table(
+    "pep_nodes",
+    metadata,
+    *_owner(),
+    Column("node", String(PART_LENGTH), primary_key=True),
+    #: The node configuration as JSON {field var: wire value}.
+    Column("config_json", Text, nullable=False),
+)
+
+pep_items = Table(
+    "pep_items",
+    metadata,
+    #: Increases with every insert: a node's items in publish order.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    *_owner(primary_key=False),
+    Column("node", String(PART_LENGTH), nullable=False),
+    Column("item_id", String(PART_LENGTH), nullable=False),
+    Column("payload", Text, nullable=False),
+    Index("ix_pep_items_owner", "host", "username", "node", "seq"),
+    sqlite_autoincrement=True,
+)
+
+#: XEP-0049 private XML and the XEP-0054 vCard: one XML document per (owner, key).
+documents = Table(
+    "documents",
+    metadata,
+    *_owner(),
+    Column("key", String(BARE_JID_LENGTH), primary_key=True),
+    Column("xml", Text, nullable=False),
+)
+
+archive_messages = Table(
+    "archive_messages",
+    metadata,
+    #: Breaks ties between equal timestamps; never reused (XEP-0313 §7.2).
+    Column(
+        "id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    *_owner(primary_key=False),
+    #: The archive UID clients see (XEP-0313 result id, XEP-0359 stanza-id).
+    Column("archive_id", String(32), nullable=False),
+    #: Microseconds since the epoch when the server handled the message: the archive order.
+    Column("when_us", BigInteger, nullable=False),
+    #: The other party: the recipient of an outgoing message, the sender of an incoming one.
+    Column("with_bare", String(BARE_JID_LENGTH), nullable=False),
+    Column("with_resource", String(PART_LENGTH)),
+    #: The message as handled, serialised with its xmlns='jabber:client'.
+    Column("stanza", Text, nullable=False),
+    Index("ux_archive_messages_archive_id", "host", "username", "archive_id", unique=True),
+    Index("ix_archive_messages_owner_when", "host", "username", "when_us", "id"),
+    Index("ix_archive_messages_owner_with", "host", "username", "with_bare", "when_us", "id"),
+    #: Retention deletes by age across all users.
+    Index("ix_archive_messages_when", "when_us"),
+    sqlite_autoincrement=True,
+)
+
+archive_prefs = Table(
+    "archive_prefs",
+    metadata,
+    *_owner(),
+    Column("default_policy", String(8), nullable=False),
+    #: JSON arrays of bare JIDs.
+    Column("always_json", Text, nullable=False),
+    Column("never_json", Text, nullable=False),
+)
+
+#: The tables of schema version 1, as first released.
+VERSION_1_TABLES = (
     credentials,
     roster_items,
     roster_pending_in,
@@ -163,6 +233,13 @@ USER_TABLES = (
     privacy_default,
     users,
 )
+#: Version 3: PEP and per-account documents.
+_PERSONAL_TABLES = (pep_nodes, pep_items, documents)
+#: Version 4: the message archive.
+_ARCHIVE_TABLES = (archive_messages, archive_prefs)
+
+#: The tables every user's data lives in, children before parents, for deletion.
+USER_TABLES = _ARCHIVE_TABLES + _PERSONAL_TABLES + VERSION_1_TABLES
 
 
 #: Version-1 tables that a later step changed, as version 1 created them.
@@ -184,7 +261,7 @@ def _create_initial_tables(connection: Connection) -> None:
     """
     changed = {table.name for table in _version_1.tables.values()}
     metadata.create_all(
-        connection, tables=[t for t in USER_TABLES if t.name not in changed], checkfirst=False
+        connection, tables=[t for t in VERSION_1_TABLES if t.name not in changed], checkfirst=False
     )
     _version_1.create_all(connection, checkfirst=False)
 
@@ -215,10 +292,25 @@ def _keep_subscription_requests(connection: Connection) -> None:
         )
 
 
+def _create_personal_tables(connection: Connection) -> None:
+    """Version 3: PEP nodes and items, private XML and vCards."""
+    metadata.create_all(connection, tables=list(_PERSONAL_TABLES), checkfirst=False)
+
+
+def _create_archive_tables(connection: Connection) -> None:
+    """Version 4: the message archive (XEP-0313) and its per-user preferences."""
+    metadata.create_all(connection, tables=list(_ARCHIVE_TABLES), checkfirst=False)
+
+
 Migration = Callable[[Connection], None]
 
 #: Step N turns a version N-1 database into version N. Append, never edit.
-MIGRATIONS: list[Migration] = [_create_initial_tables, _keep_subscription_requests]
+MIGRATIONS: list[Migration] = [
+    _create_initial_tables,
+    _keep_subscription_requests,
+    _create_personal_tables,
+    _create_archive_tables,
+]
 
 
 def current_version(connection: Connection) -> int:

@@ -21,12 +21,17 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    bindparam,
     create_engine,
     delete,
     event,
     func,
+    literal,
     make_url,
+    null,
+    or_,
     select,
+    union_all,
 )
 from sqlalchemy.exc import SQLAlchemyError
 from twisted.internet.defer import Deferred, fail, succeed
@@ -34,13 +39,24 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from imserver.archive import (
+    ArchivedMessage,
+    ArchivePage,
+    ArchivePrefs,
+    ArchiveQuery,
+    ArchiveRecord,
+    UnknownArchiveId,
+)
 from imserver.credentials import Credentials, ScramKeys
 from imserver.errors import StoreError, UserExists, UserNotFound
 from imserver.interfaces import IStore
 from imserver.privacy import PrivacyItem, PrivacySettings
 from imserver.roster import Roster, RosterItem
 from imserver.storage import schema
+from imserver.storage.personal import PersonalStore
 from imserver.storage.schema import (
+    archive_messages,
+    archive_prefs,
     credentials,
     offline_messages,
     privacy_default,
@@ -57,12 +73,66 @@ T = TypeVar("T")
 SQLITE_BUSY_TIMEOUT_MS = 5000
 #: Ids per DELETE when popping offline messages, well under SQLite's bound-parameter cap.
 DELETE_CHUNK = 500
+#: Users remembered as having no offline messages before the memory starts over.
+NO_OFFLINE_LIMIT = 100_000
 #: Execution option marking a write transaction (SQLite then takes the write lock at BEGIN).
 _WRITE_OPTION = "imserver_write"
+#: Execution option for one lone SELECT: no BEGIN, as a single statement is consistent alone.
+_SINGLE_OPTION = "imserver_single"
+
+
+def _user_rows(table: Table) -> ColumnElement[bool]:
+    """The rows of C{table} owned by the bound parameters 'user' and 'host'."""
+    return (table.c.host == bindparam("host")) & (table.c.username == bindparam("user"))
+
+
+# The reads of every login, built once so SQLAlchemy compiles each only once.
+_CREDENTIALS = select(
+    credentials.c.mechanism,
+    credentials.c.salt,
+    credentials.c.stored_key,
+    credentials.c.server_key,
+    credentials.c.iterations,
+).where(_user_rows(credentials))
+#: The whole roster in one statement: 'kind' 0 is the version, 1 an item, 2 a pending
+#: request (its stanza in the 'name' column).
+_ROSTER = union_all(
+    select(
+        literal(0).label("kind"),
+        null().label("contact"),
+        null().label("name"),
+        null().label("subscription"),
+        null().label("ask"),
+        null().label("approved"),
+        null().label("groups"),
+        roster_versions.c.version,
+    ).where(_user_rows(roster_versions)),
+    select(
+        literal(1),
+        roster_items.c.contact,
+        roster_items.c.name,
+        roster_items.c.subscription,
+        roster_items.c.ask,
+        roster_items.c.approved,
+        roster_items.c.groups,
+        null(),
+    ).where(_user_rows(roster_items)),
+    select(
+        literal(2),
+        roster_pending_in.c.contact,
+        roster_pending_in.c.stanza,
+        null(),
+        null(),
+        null(),
+        null(),
+        null(),
+    ).where(_user_rows(roster_pending_in)),
+)
+_ANY_OFFLINE = select(offline_messages.c.id).where(_user_rows(offline_messages)).limit(1)
 
 
 @implementer(IStore)
-class SQLStore:
+class SQLStore(PersonalStore):
     """Every store of L{IStore} in one SQL database named by a SQLAlchemy URL."""
 
     def __init__(self, url: str, reactor: Any = None) -> None:
@@ -76,6 +146,12 @@ class SQLStore:
         self._threads = 1 if self._sqlite else 4
         self._pool: ThreadPool | None = None
         self._engine: Engine | None = None
+        #: Users known to have no stored offline messages, so a login's pop needs no query.
+        #: Only this process stores offline messages (the CLI never does), and every
+        #: store_offline() call removes its user before the write is even queued.
+        self._no_offline: set[tuple[str, str]] = set()
+        #: Counts store_offline() calls: a pop marks its user empty only if none came meanwhile.
+        self._offline_stores = 0
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -142,11 +218,20 @@ class SQLStore:
             return fail(StoreError("store is not started"))
         return deferToThreadPool(self._reactor, self._pool, _guarded, fn, *args)
 
+    def _read_one(self, statement, user: str, host: str) -> list:
+        """The rows of one prepared SELECT about user@host, run alone (no BEGIN on SQLite)."""
+        with self._db.connect().execution_options(**{_SINGLE_OPTION: True}) as conn:
+            return conn.execute(statement, {"user": user, "host": host}).all()
+
     @property
     def _db(self) -> Engine:
         if self._engine is None:
             raise StoreError("store is not started")
         return self._engine
+
+    def _write(self):
+        """One write transaction on this store's database (for the mixins)."""
+        return _writing(self._db)
 
     # -- users -----------------------------------------------------------------
 
@@ -175,8 +260,7 @@ class SQLStore:
             _insert_credentials(conn, user, host, creds)
 
     def _get_credentials(self, user: str, host: str) -> Credentials | None:
-        with self._db.connect() as conn:
-            rows = conn.execute(select(credentials).where(_owned(credentials, user, host))).all()
+        rows = self._read_one(_CREDENTIALS, user, host)
         if not rows:
             return None
         return Credentials(
@@ -222,28 +306,23 @@ class SQLStore:
         return self._run(self._write_roster, user, host, version, items, pending_in)
 
     def _get_roster(self, user: str, host: str) -> Roster:
-        with self._db.connect() as conn:
-            version = conn.execute(
-                select(roster_versions.c.version).where(_owned(roster_versions, user, host))
-            ).scalar_one_or_none()
-            item_rows = conn.execute(
-                select(roster_items).where(_owned(roster_items, user, host))
-            ).all()
-            pending = conn.execute(
-                select(roster_pending_in.c.contact, roster_pending_in.c.stanza).where(
-                    _owned(roster_pending_in, user, host)
+        roster = Roster()
+        for kind, contact, name, subscription, ask, approved, groups, version in self._read_one(
+            _ROSTER, user, host
+        ):
+            if kind == 1:
+                roster.items[contact] = RosterItem(
+                    jid=contact,
+                    name=name,
+                    subscription=subscription,
+                    ask=bool(ask),
+                    approved=bool(approved),
+                    groups=() if groups == "[]" else tuple(json.loads(groups)),
                 )
-            ).all()
-            roster = Roster(version=version or 0, pending_in=dict(pending))
-        for row in item_rows:
-            roster.items[row.contact] = RosterItem(
-                jid=row.contact,
-                name=row.name,
-                subscription=row.subscription,
-                ask=bool(row.ask),
-                approved=bool(row.approved),
-                groups=tuple(json.loads(row.groups)),
-            )
+            elif kind == 2:
+                roster.pending_in[contact] = name  # the request as sent (see _ROSTER)
+            else:
+                roster.version = version
         return roster
 
     def _write_roster(
@@ -299,10 +378,25 @@ class SQLStore:
     # -- offline messages --------------------------------------------------------
 
     def store_offline(self, user: str, host: str, stanza_xml: str, limit: int) -> Deferred[bool]:
+        self._offline_stores += 1
+        self._no_offline.discard((user, host))
         return self._run(self._store_offline, user, host, stanza_xml, limit)
 
     def pop_offline(self, user: str, host: str) -> Deferred[list[str]]:
-        return self._run(self._pop_offline, user, host)
+        key = (user, host)
+        if key in self._no_offline:
+            return succeed([])
+        stores_before = self._offline_stores
+
+        def emptied(stanzas: list[str]) -> list[str]:
+            # Whatever was there is popped now, unless a store raced with the pop.
+            if self._offline_stores == stores_before:
+                if len(self._no_offline) >= NO_OFFLINE_LIMIT:
+                    self._no_offline.clear()
+                self._no_offline.add(key)
+            return stanzas
+
+        return self._run(self._pop_offline, user, host).addCallback(emptied)
 
     def _store_offline(self, user: str, host: str, stanza_xml: str, limit: int) -> bool:
         with _writing(self._db) as conn:
@@ -322,11 +416,7 @@ class SQLStore:
 
     def _pop_offline(self, user: str, host: str) -> list[str]:
         # Nearly every login finds nothing: look first, without a write transaction.
-        with self._db.connect() as conn:
-            waiting = conn.execute(
-                select(offline_messages.c.id).where(_owned(offline_messages, user, host)).limit(1)
-            ).first()
-        if waiting is None:
+        if not self._read_one(_ANY_OFFLINE, user, host):
             return []
         with _writing(self._db) as conn:
             rows = conn.execute(
@@ -402,8 +492,153 @@ class SQLStore:
                     privacy_default.insert().values(host=host, username=user, name=default)
                 )
 
+    # -- message archive -----------------------------------------------------------
+
+    def append_archive(self, records: Sequence[ArchiveRecord]) -> Deferred[None]:
+        return self._run(self._append_archive, list(records))
+
+    def query_archive(self, user: str, host: str, query: ArchiveQuery) -> Deferred[ArchivePage]:
+        return self._run(self._query_archive, user, host, query)
+
+    def archive_bounds(
+        self, user: str, host: str
+    ) -> Deferred[tuple[ArchivedMessage | None, ArchivedMessage | None]]:
+        return self._run(self._archive_bounds, user, host)
+
+    def expire_archive(self, before: int) -> Deferred[int]:
+        return self._run(self._expire_archive, before)
+
+    def delete_archive(self, user: str, host: str) -> Deferred[None]:
+        return self._run(self._delete_archive, user, host)
+
+    def get_archive_prefs(self, user: str, host: str) -> Deferred[ArchivePrefs | None]:
+        return self._run(self._get_archive_prefs, user, host)
+
+    def set_archive_prefs(self, user: str, host: str, prefs: ArchivePrefs) -> Deferred[None]:
+        return self._run(self._set_archive_prefs, user, host, prefs)
+
+    def _append_archive(self, records: list[ArchiveRecord]) -> None:
+        if not records:
+            return
+        rows = [
+            {
+                "host": r.host,
+                "username": r.user,
+                "archive_id": r.archive_id,
+                "when_us": r.when,
+                "with_bare": r.with_bare,
+                "with_resource": r.with_jid.partition("/")[2] or None,
+                "stanza": r.xml,
+            }
+            for r in records
+        ]
+        with _writing(self._db) as conn:
+            conn.execute(archive_messages.insert(), rows)
+
+    def _query_archive(self, user: str, host: str, query: ArchiveQuery) -> ArchivePage:
+        t = archive_messages
+        where = [_owned(t, user, host)]
+        if query.with_jid is not None:
+            bare, _, resource = query.with_jid.partition("/")
+            where.append(t.c.with_bare == bare)
+            if resource:
+                where.append(t.c.with_resource == resource)
+        if query.start is not None:
+            where.append(t.c.when_us >= query.start)
+        if query.end is not None:
+            where.append(t.c.when_us <= query.end)
+        if query.ids is not None:
+            where.append(t.c.archive_id.in_(query.ids))
+        with self._db.connect() as conn:
+            if query.after is not None:
+                when, row_id = _archive_position(conn, user, host, query.after)
+                # The first term lets the (owner, when_us, id) index bound the scan.
+                where += [t.c.when_us >= when, or_(t.c.when_us > when, t.c.id > row_id)]
+            if query.before is not None:
+                when, row_id = _archive_position(conn, user, host, query.before)
+                where += [t.c.when_us <= when, or_(t.c.when_us < when, t.c.id < row_id)]
+            order = (t.c.when_us, t.c.id)
+            if query.reverse:
+                order = (t.c.when_us.desc(), t.c.id.desc())
+            rows = conn.execute(
+                select(t.c.archive_id, t.c.when_us, t.c.stanza)
+                .where(*where)
+                .order_by(*order)
+                .limit(query.limit + 1)
+            ).all()
+        complete = len(rows) <= query.limit
+        found = [ArchivedMessage(r.archive_id, r.when_us, r.stanza) for r in rows[: query.limit]]
+        if query.reverse:
+            found.reverse()
+        return ArchivePage(found, complete)
+
+    def _archive_bounds(
+        self, user: str, host: str
+    ) -> tuple[ArchivedMessage | None, ArchivedMessage | None]:
+        t = archive_messages
+        bounds = []
+        with self._db.connect() as conn:
+            for order in ((t.c.when_us, t.c.id), (t.c.when_us.desc(), t.c.id.desc())):
+                row = conn.execute(
+                    select(t.c.archive_id, t.c.when_us, t.c.stanza)
+                    .where(_owned(t, user, host))
+                    .order_by(*order)
+                    .limit(1)
+                ).first()
+                bounds.append(None if row is None else ArchivedMessage(*row))
+        return bounds[0], bounds[1]
+
+    def _expire_archive(self, before: int) -> int:
+        with _writing(self._db) as conn:
+            result = conn.execute(
+                delete(archive_messages).where(archive_messages.c.when_us < before)
+            )
+        return result.rowcount
+
+    def _delete_archive(self, user: str, host: str) -> None:
+        with _writing(self._db) as conn:
+            for table in (archive_messages, archive_prefs):
+                conn.execute(delete(table).where(_owned(table, user, host)))
+
+    def _get_archive_prefs(self, user: str, host: str) -> ArchivePrefs | None:
+        with self._db.connect() as conn:
+            row = conn.execute(
+                select(archive_prefs).where(_owned(archive_prefs, user, host))
+            ).first()
+        if row is None:
+            return None
+        return ArchivePrefs(
+            row.default_policy,
+            frozenset(json.loads(row.always_json)),
+            frozenset(json.loads(row.never_json)),
+        )
+
+    def _set_archive_prefs(self, user: str, host: str, prefs: ArchivePrefs) -> None:
+        with _writing(self._db) as conn:
+            conn.execute(delete(archive_prefs).where(_owned(archive_prefs, user, host)))
+            conn.execute(
+                archive_prefs.insert().values(
+                    host=host,
+                    username=user,
+                    default_policy=prefs.default,
+                    always_json=json.dumps(sorted(prefs.always)),
+                    never_json=json.dumps(sorted(prefs.never)),
+                )
+            )
+
 
 # -- helpers (all run in the pool thread) ---------------------------------------
+
+
+def _archive_position(conn: Connection, user: str, host: str, archive_id: str) -> tuple[int, int]:
+    """Where an archive id sorts: (when_us, id); L{UnknownArchiveId} if it is not there."""
+    t = archive_messages
+    row = conn.execute(
+        select(t.c.when_us, t.c.id).where(_owned(t, user, host), t.c.archive_id == archive_id)
+    ).first()
+    if row is None:
+        raise UnknownArchiveId(archive_id)
+    return row.when_us, row.id
 
 
 def _guarded(fn: Callable[..., T], *args: Any) -> T:
@@ -444,8 +679,10 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(conn):
-        write = conn.get_execution_options().get(_WRITE_OPTION, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get(_SINGLE_OPTION, False):
+            return  # one statement: SQLite runs it in a transaction of its own
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE_OPTION, False) else "BEGIN")
 
 
 def _owned(table: Table, user: str, host: str) -> ColumnElement[bool]:

@@ -12,8 +12,10 @@ import base64
 import binascii
 import secrets
 from collections import deque
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from OpenSSL import SSL
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
@@ -25,7 +27,7 @@ from zope.interface import implementer
 
 from imserver import lang
 from imserver.interfaces import ISessionStream
-from imserver.jid import JID
+from imserver.jid import prepared_jid
 from imserver.serialize import escape_attribute, stanza_bytes
 from imserver.session import Session
 from imserver.stream import sasl
@@ -67,7 +69,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         self.restarts = 0
         self.failures = 0
         self.mechanism = None
-        self.offered: list[str] = []
+        self.offer = sasl.Offer((), {})
         self.busy = False
 
     @property
@@ -90,14 +92,17 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         to = rootElement.getAttribute("to")
         if not to:
             return xs.fail("host-unknown", "the stream header needs a 'to'")
-        try:
-            host = nameprep.prepare(to)
-        except UnicodeError:
-            return xs.fail("host-unknown")
+        if to in self.server.hosts:
+            host = to  # served hosts are stored prepared: nothing to prepare again
+        else:
+            try:
+                host = nameprep.prepare(to)
+            except UnicodeError:
+                return xs.fail("host-unknown")
         if host not in self.server.hosts or (self.host is not None and host != self.host):
             return xs.fail("host-unknown", f"{to} is not served here")
         self.host = host
-        xs.thisEntity = JID(host)
+        xs.thisEntity = prepared_jid(None, host, None)
         version = rootElement.getAttribute("version", "0.0")
         try:
             major = int(version.split(".")[0])
@@ -110,33 +115,40 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         xs.sendHeader()
         xs.send(self.features())
 
-    def features(self) -> domish.Element:
-        features = domish.Element((NS_STREAMS, "features"))
+    def features(self) -> bytes:
+        """<stream:features/>: our own part is built once per kind of stream, plugins' each time."""
+        xs = self.xs
         if self.username is None:
-            if not self.xs.secure and self.server.tls is not None and self.xs.can_starttls:
-                starttls = features.addElement((NS_TLS, "starttls"))
-                if not self.xs.plaintext_allowed:
-                    starttls.addElement("required")
-            if self.xs.secure or self.xs.plaintext_allowed:
-                self.offered = sasl.offered_mechanisms(self.xs.channel_binding, True)
-                mechanisms = features.addElement((NS_SASL, "mechanisms"))
-                for name in self.offered:
-                    mechanisms.addElement("mechanism", content=name)
-                if self.xs.channel_binding:
-                    bindings = features.addElement((NS_SASL_CB, "sasl-channel-binding"))
-                    for cb_type in sasl.CHANNEL_BINDINGS:
-                        bindings.addElement("channel-binding")["type"] = cb_type
-                self._add_plugin_features(features, "preauth")
+            starttls = not xs.secure and self.server.tls is not None and xs.can_starttls
+            if not (xs.secure or xs.plaintext_allowed):
+                return _features(_preauth_features(starttls, True, None, ()), ())
+            self.offer = sasl.make_offer(True, self._channel_bindings())
+            fixed = _preauth_features(
+                starttls,
+                not xs.plaintext_allowed,
+                self.offer.mechanisms,
+                tuple(self.offer.bindings),
+            )
+            stage = "preauth"
         else:
-            features.addElement((NS_BIND, "bind"))
-            self._add_plugin_features(features, "bound")
-        return features
+            fixed, stage = _BIND_FEATURE, "bound"
+        plugins = (factory(xs) for factory in self.server.stream_features[stage])
+        return _features(fixed, [element.toXml() for element in plugins if element is not None])
 
-    def _add_plugin_features(self, features: domish.Element, stage: str) -> None:
-        for factory in self.server.stream_features[stage]:
-            element = factory(self.xs)
-            if element is not None:
-                features.addChild(element)
+    def _channel_bindings(self) -> dict[str, bytes]:
+        """What SCRAM-*-PLUS can bind to: the TLS connection under this stream.
+
+        A stream whose transport does not hand out its OpenSSL connection (a
+        WebSocket adapter, TLS ended by a proxy) has nothing to bind to, so it
+        offers neither -PLUS nor XEP-0440.
+        """
+        if not self.xs.secure or self.server.tls is None:
+            return {}
+        get_handle = getattr(self.xs.transport, "getHandle", None)
+        connection = get_handle() if get_handle is not None else None
+        if not isinstance(connection, SSL.Connection):
+            return {}
+        return sasl.channel_bindings(connection, self.server.tls.server_end_point)
 
     # -- negotiation -------------------------------------------------------
 
@@ -189,13 +201,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if element.name == "auth":
             try:
                 self.mechanism = sasl.make_mechanism(
-                    element.getAttribute("mechanism", ""),
-                    self._lookup,
-                    self.host,
-                    ("tls-server-end-point", self.server.tls.server_end_point)
-                    if xs.channel_binding and self.server.tls is not None
-                    else None,
-                    self.offered,
+                    element.getAttribute("mechanism", ""), self._lookup, self.host, self.offer
                 )
             except sasl.SASLFailure as failure:
                 return self.sasl_failure(failure)
@@ -228,7 +234,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if xs.transport is None or xs.closed:
             return
         if isinstance(result, sasl.Challenge):
-            xs.send(_sasl_element("challenge", result.data))
+            xs.send(_sasl_bytes("challenge", result.data))
             return
         self.mechanism = None
         self.username = result.username
@@ -239,7 +245,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             user=self.username,
             host=self.host,
         )
-        xs.send(_sasl_element("success", result.data))
+        xs.send(_sasl_bytes("success", result.data))
         xs.authenticated()
         xs.reset()
 
@@ -283,7 +289,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             return xs.send(error.toResponse(iq))
         if not resource:
             resource = secrets.token_hex(6)
-        jid = JID(tuple=(self.username, self.host, resource))
+        jid = prepared_jid(self.username, self.host, resource)
         previous = self.server.sessions.get(jid.userhost(), resource)
         if previous is not None:
             previous.stream.fail("conflict", "replaced by a new session")
@@ -306,15 +312,6 @@ class C2SStream(xmlstream.XmlStream):
 
     #: STARTTLS can upgrade this transport (not a WebSocket's or a BOSH session's).
     can_starttls = True
-
-    @property
-    def channel_binding(self) -> bool:
-        """SCRAM-PLUS can bind to the TLS under this stream: ours, with the [tls] certificate.
-
-        Not so for a web stream behind a TLS proxy (secure, but the client's TLS
-        ends at the proxy) or on an HTTPS port with a certificate of its own.
-        """
-        return self.secure
 
     def __init__(self, server: Server, direct_tls: bool) -> None:
         super().__init__(C2SAuthenticator(server))
@@ -368,7 +365,6 @@ class C2SStream(xmlstream.XmlStream):
         self._timeout = reactor.callLater(
             self.server.limits.unauthenticated_timeout, self.fail, "connection-timeout"
         )
-        log.info("c2s connection from {peer}", peer=self.peer_address)
         super().connectionMade()
 
     def authenticated(self) -> None:
@@ -391,7 +387,11 @@ class C2SStream(xmlstream.XmlStream):
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._end_session("lost")
-        log.info("c2s connection from {peer} closed", peer=self.peer_address)
+        log.info(
+            "c2s connection from {peer} ({user}) closed",
+            peer=self.peer_address,
+            user=self.authenticator.username or "not authenticated",
+        )
         super().connectionLost(reason)
         self.lost.callback(None)
 
@@ -619,11 +619,39 @@ def _decode_sasl(element: domish.Element) -> bytes | None:
         raise sasl.SASLFailure("incorrect-encoding") from None
 
 
-def _sasl_element(name: str, data: bytes | None) -> domish.Element:
-    element = domish.Element((NS_SASL, name))
-    if data:
-        element.addContent(base64.b64encode(data).decode("ascii"))
-    return element
+def _sasl_bytes(name: str, data: bytes | None) -> bytes:
+    """<challenge/> or <success/> with its base64 payload, without building an element."""
+    payload = base64.b64encode(data) if data else b""
+    return b"<%s xmlns='%s'>%s</%s>" % (name.encode(), NS_SASL.encode(), payload, name.encode())
+
+
+_BIND_FEATURE = f"<bind xmlns='{NS_BIND}'/>".encode()
+
+
+@lru_cache(maxsize=64)
+def _preauth_features(
+    starttls: bool, required: bool, mechanisms: tuple[str, ...] | None, bindings: tuple[str, ...]
+) -> bytes:
+    """STARTTLS, SASL mechanisms and XEP-0440 bindings; the same for every stream alike."""
+    parts = []
+    if starttls:
+        inner = "<required/>" if required else ""
+        parts.append(f"<starttls xmlns='{NS_TLS}'>{inner}</starttls>")
+    if mechanisms is not None:
+        names = "".join(f"<mechanism>{name}</mechanism>" for name in mechanisms)
+        parts.append(f"<mechanisms xmlns='{NS_SASL}'>{names}</mechanisms>")
+        if bindings:
+            types = "".join(f"<channel-binding type='{t}'/>" for t in bindings)
+            parts.append(
+                f"<sasl-channel-binding xmlns='{NS_SASL_CB}'>{types}</sasl-channel-binding>"
+            )
+    return "".join(parts).encode()
+
+
+def _features(fixed: bytes, plugins) -> bytes:
+    return b"".join(
+        (b"<stream:features>", fixed, *(p.encode() for p in plugins), b"</stream:features>")
+    )
 
 
 def _later(delay: float) -> defer.Deferred:

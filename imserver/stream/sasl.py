@@ -1,29 +1,32 @@
-"""Server side of SASL: PLAIN and SCRAM (with -PLUS channel binding) via scramp.
+"""Server side of SASL: PLAIN, and SCRAM with -PLUS channel binding (see L{scram}).
 
-A mechanism instance lives for one <auth/> exchange. Each step returns a
-L{Challenge} or a L{Success}, or raises L{SASLFailure} with an RFC 6120 §6.5
-condition. The store is asked for credentials once per attempt.
+A stream first makes an L{Offer}: the mechanisms it advertises and, on TLS,
+the channel bindings it can verify (XEP-0440). A mechanism instance lives for
+one <auth/> exchange. Each step returns a L{Challenge} or a L{Success}, or
+fails with L{SASLFailure} carrying an RFC 6120 §6.5 condition. The store is
+asked for credentials once per attempt.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from scramp import ScramException, ScramMechanism
+from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 
-from imserver.credentials import Credentials, check_password, make_credentials
+from imserver.credentials import SCRAM_HASHES, Credentials, check_password, make_credentials
+from imserver.stream.scram import ScramExchange, ScramFailure, downgrade_hash
 
 #: Looks up credentials: (username) -> Deferred[Credentials | None].
 CredentialLookup = Callable[[str], defer.Deferred]
 
-SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
-#: Channel-binding types we can verify (XEP-0440 advertises them).
-#: scramp rejects 'tls-exporter', so it is not offered (see README, gaps).
-CHANNEL_BINDINGS = ("tls-server-end-point",)
+SCRAM_MECHANISMS = tuple(SCRAM_HASHES)
+#: RFC 9266 §2: the exporter label and length of the tls-exporter binding (TLS 1.3 only).
+EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
+EXPORTER_LENGTH = 32
 
 
 class SASLFailure(Exception):
@@ -44,15 +47,41 @@ class Success:
     data: bytes | None = None
 
 
-def offered_mechanisms(secure: bool, plain_allowed: bool) -> list[str]:
-    """Mechanism names to advertise, strongest first."""
-    names = []
-    if secure:
+@dataclass(frozen=True)
+class Offer:
+    """What one stream advertised: mechanisms, strongest first, and channel bindings.
+
+    C{bindings} maps each binding type this connection can verify to its data;
+    it is empty without TLS, and then neither -PLUS nor XEP-0440 is advertised.
+    """
+
+    mechanisms: tuple[str, ...]
+    bindings: Mapping[str, bytes]
+
+
+def make_offer(plain_allowed: bool, bindings: Mapping[str, bytes]) -> Offer:
+    names: list[str] = []
+    if bindings:
         names += [f"{m}-PLUS" for m in SCRAM_MECHANISMS]
-    names += list(SCRAM_MECHANISMS)
+    names += SCRAM_MECHANISMS
     if plain_allowed:
         names.append("PLAIN")
-    return names
+    return Offer(tuple(names), bindings)
+
+
+def channel_bindings(connection: SSL.Connection, server_end_point: bytes) -> dict[str, bytes]:
+    """The bindings of one TLS connection, after its handshake.
+
+    tls-exporter (RFC 9266) is defined for TLS 1.3 only; tls-server-end-point
+    (RFC 5929), the certificate's hash, works on every version.
+    """
+    bindings = {}
+    if connection.get_protocol_version_name() == "TLSv1.3":
+        bindings["tls-exporter"] = connection.export_keying_material(
+            EXPORTER_LABEL, EXPORTER_LENGTH
+        )
+    bindings["tls-server-end-point"] = server_end_point
+    return bindings
 
 
 def _prep_username(raw: str) -> str:
@@ -65,6 +94,12 @@ def _prep_username(raw: str) -> str:
     return username
 
 
+def _check_authzid(authzid: str, username: str, host: str) -> None:
+    """Only the account itself may be asked for: no acting as another user."""
+    if authzid and authzid not in (username, f"{username}@{host}"):
+        raise SASLFailure("invalid-authzid")
+
+
 class Plain:
     """RFC 4616: one message 'authzid NUL authcid NUL password'."""
 
@@ -72,79 +107,77 @@ class Plain:
         self.lookup = lookup
         self.host = host
 
-    @defer.inlineCallbacks
-    def start(self, data: bytes | None):
+    def start(self, data: bytes | None) -> defer.Deferred:
         if not data:
-            return Challenge(b"")
-        return (yield self.step(data))
+            return defer.succeed(Challenge(b""))
+        return self.step(data)
 
-    @defer.inlineCallbacks
-    def step(self, data: bytes):
+    def step(self, data: bytes) -> defer.Deferred:
         try:
             authzid, authcid, password = data.decode("utf-8").split("\0")
         except (UnicodeDecodeError, ValueError):
-            raise SASLFailure("malformed-request") from None
-        username = _prep_username(authcid)
-        _check_authzid(authzid, username, self.host)
-        credentials = yield self.lookup(username)
-        if credentials is None or not check_password(credentials, password):
-            raise SASLFailure("not-authorized")
-        return Success(username)
+            return defer.fail(SASLFailure("malformed-request"))
+        try:
+            username = _prep_username(authcid)
+            _check_authzid(authzid, username, self.host)
+        except SASLFailure as failure:
+            return defer.fail(failure)
+
+        def check(credentials: Credentials | None) -> Success:
+            if credentials is None or not check_password(credentials, password):
+                raise SASLFailure("not-authorized")
+            return Success(username)
+
+        return self.lookup(username).addCallback(check)
 
 
 class Scram:
-    """RFC 5802/7677 SCRAM, and the -PLUS variants when channel binding is given."""
+    """SCRAM-SHA-1/256 and their -PLUS variants, with XEP-0474's downgrade hash."""
 
     #: Keys for unknown users, so an attempt on one looks like a wrong password.
     _decoy: Credentials | None = None
 
-    def __init__(
-        self,
-        mechanism: str,
-        lookup: CredentialLookup,
-        host: str,
-        channel_binding: tuple[str, bytes] | None,
-    ) -> None:
-        self.mechanism = ScramMechanism(mechanism)
+    def __init__(self, mechanism: str, lookup: CredentialLookup, host: str, offer: Offer) -> None:
+        self.mechanism = mechanism
         self.lookup = lookup
         self.host = host
-        self.channel_binding = channel_binding
-        self.server = None
+        digest = SCRAM_HASHES[mechanism.removesuffix("-PLUS")]
+        advertised = tuple(offer.bindings) if offer.bindings else None
+        self.exchange = ScramExchange(
+            mechanism, offer.bindings, downgrade_hash(digest, offer.mechanisms, advertised)
+        )
         self.username: str | None = None
+        self.started = False
 
-    @defer.inlineCallbacks
-    def start(self, data: bytes | None):
+    def start(self, data: bytes | None) -> defer.Deferred:
         if not data:
-            return Challenge(b"")
+            return defer.succeed(Challenge(b""))
+        self.started = True
         try:
-            client_first = data.decode("utf-8")
+            first = self.exchange.receive_first(data.decode("utf-8"))
+            self.username = _prep_username(first.username)
+            _check_authzid(first.authzid, self.username, self.host)
         except UnicodeDecodeError:
-            raise SASLFailure("malformed-request") from None
-        authzid, username = _scram_names(client_first)
-        self.username = _prep_username(username)
-        _check_authzid(authzid, self.username, self.host)
-        credentials = yield self.lookup(self.username)
-        if credentials is None:
-            credentials = self._decoy_credentials()
-        keys = credentials.for_mechanism(self.mechanism.name)
-        try:
-            self.server = self.mechanism.make_server(
-                lambda _name: (keys.salt, keys.stored_key, keys.server_key, keys.iterations),
-                channel_binding=self.channel_binding,
-            )
-            self.server.set_client_first(client_first)
-            return Challenge(self.server.get_server_first().encode())
-        except ScramException as e:
-            raise SASLFailure("malformed-request", str(e)) from None
+            return defer.fail(SASLFailure("malformed-request"))
+        except ScramFailure as failure:
+            return defer.fail(SASLFailure(failure.condition, failure.text))
+        except SASLFailure as failure:
+            return defer.fail(failure)
+        return self.lookup(self.username).addCallback(self._server_first)
 
-    def step(self, data: bytes):
-        if self.server is None:
+    def _server_first(self, credentials: Credentials | None) -> Challenge:
+        keys = (credentials or self._decoy_credentials()).for_mechanism(self.mechanism)
+        return Challenge(self.exchange.server_first(keys).encode())
+
+    def step(self, data: bytes) -> defer.Deferred:
+        if not self.started:
             return self.start(data)
         try:
-            self.server.set_client_final(data.decode("utf-8"))
-            final = self.server.get_server_final()
-        except (ScramException, UnicodeDecodeError):
-            return defer.fail(SASLFailure("not-authorized"))
+            final = self.exchange.receive_final(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            return defer.fail(SASLFailure("malformed-request"))
+        except ScramFailure as failure:
+            return defer.fail(SASLFailure(failure.condition, failure.text))
         return defer.succeed(Success(self.username, final.encode()))
 
     @classmethod
@@ -154,38 +187,10 @@ class Scram:
         return cls._decoy
 
 
-def _check_authzid(authzid: str, username: str, host: str) -> None:
-    """Only the account itself may be asked for: no acting as another user."""
-    if authzid and authzid not in (username, f"{username}@{host}"):
-        raise SASLFailure("invalid-authzid")
-
-
-def _scram_names(client_first: str) -> tuple[str, str]:
-    """(authzid, username) of a SCRAM client-first message, unescaped (RFC 5802 §5.1)."""
-    parts = client_first.split(",")
-    if len(parts) < 4:
-        raise SASLFailure("malformed-request")
-    authzid = parts[1][2:] if parts[1].startswith("a=") else ""
-    for part in parts[2:]:
-        if part.startswith("n="):
-            return _unescape(authzid), _unescape(part[2:])
-    raise SASLFailure("malformed-request")
-
-
-def _unescape(value: str) -> str:
-    return value.replace("=2C", ",").replace("=3D", "=")
-
-
-def make_mechanism(
-    name: str,
-    lookup: CredentialLookup,
-    host: str,
-    channel_binding: tuple[str, bytes] | None,
-    offered: list[str],
-):
+def make_mechanism(name: str, lookup: CredentialLookup, host: str, offer: Offer):
     """A fresh mechanism for one exchange; SASLFailure('invalid-mechanism') if not offered."""
-    if name not in offered:
+    if name not in offer.mechanisms:
         raise SASLFailure("invalid-mechanism")
     if name == "PLAIN":
         return Plain(lookup, host)
-    return Scram(name, lookup, host, channel_binding)
+    return Scram(name, lookup, host, offer)

@@ -508,12 +508,9 @@ class BoshResource(resource.Resource):
         session.rid = rid - 1
         session.acks = body.hasAttribute("ack")
         self.sessions[sid] = session
-        ours = request.isSecure()
-        stream = session.stream = BoshStream(
-            self.xmpp,
-            secure=ours or settings.behind_tls_proxy,
-            bindable=ours and settings.certificate is None,
-        )
+        # No SCRAM-PLUS: a session's requests come over any number of TLS connections.
+        secure = request.isSecure() or settings.behind_tls_proxy
+        stream = session.stream = BoshStream(self.xmpp, secure)
         stream.makeConnection(session)
         stream.start(to, body.getAttribute((NS_XML, "lang")))
         attributes = (

@@ -26,6 +26,7 @@ NS_STREAMS = "http://etherx.jabber.org/streams"
 NS_FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
 
 _CLIENT_DECLARATION = b" xmlns='jabber:client'"
+_STREAM_DECLARATION = b" xmlns:stream='http://etherx.jabber.org/streams'"
 #: The end of the root element's name: the first space, '/' or '>' after the '<'.
 _NAME_END = re.compile(rb"[\s/>]")
 
@@ -36,15 +37,19 @@ _last: tuple[bytes, bytes] = (b"", b"")
 def namespaced(data: bytes) -> bytes:
     """C{data}, one element serialised for a C{jabber:client} stream, with its namespace declared.
 
-    L{stanza_bytes} writes a default-namespace declaration first when the
-    root is not in C{jabber:client}; otherwise there is none and we add it.
+    L{stanza_bytes} (and the prebuilt SASL answers) write a default-namespace
+    declaration first when the root is not in C{jabber:client}; otherwise
+    there is none and we add it. A C{stream:} element (the prebuilt
+    features) gets its prefix declared.
     """
     global _last
     if _last[0] is data:
         return _last[1]
     match = _NAME_END.search(data, 1)
     end = match.start() if match is not None else len(data)
-    if data.startswith((b" xmlns='", b' xmlns="'), end):
+    if data.startswith(b"<stream:"):
+        result = data[:end] + _STREAM_DECLARATION + data[end:]
+    elif data.startswith((b" xmlns='", b' xmlns="'), end):
         result = data
     else:
         result = data[:end] + _CLIENT_DECLARATION + data[end:]
@@ -66,25 +71,22 @@ class WebStream(C2SStream):
 
     The base of the WebSocket and BOSH streams: no STARTTLS (TLS is the HTTP
     layer's), every element written self-contained. C{secure} says whether
-    SASL may run (HTTPS, or a TLS proxy in front); C{bindable} whether
-    SCRAM-PLUS can bind to the TLS (ours end to end, with the [tls] certificate).
+    SASL may run (HTTPS, or a TLS proxy in front). SCRAM-PLUS is offered only
+    where the transport hands out our own TLS connection (see
+    C{C2SAuthenticator._channel_bindings}).
     """
 
     can_starttls = False
 
-    def __init__(self, server: Server, secure: bool, bindable: bool) -> None:
+    def __init__(self, server: Server, secure: bool) -> None:
         super().__init__(server, direct_tls=secure)
-        self._bindable = bindable
-
-    @property
-    def channel_binding(self) -> bool:
-        return self._bindable
 
     def send(self, obj: domish.Element | str | bytes) -> None:
+        """One top-level element: built (an Element) or already serialised (prebuilt bytes)."""
         if isinstance(obj, domish.Element):
             data = element_bytes(obj)
         else:
-            data = obj.encode("utf-8") if isinstance(obj, str) else obj
+            data = namespaced(obj.encode("utf-8") if isinstance(obj, str) else obj)
         self.transport.write(data)
 
     def send_bytes(self, data: bytes) -> None:

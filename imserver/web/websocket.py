@@ -46,8 +46,8 @@ _MESSAGE_SLACK = 4096
 class WebSocketStream(WebStream):
     """A client stream framed by RFC 7395: <open/>, one element per message, <close/>."""
 
-    def __init__(self, server: Server, secure: bool, bindable: bool) -> None:
-        super().__init__(server, secure, bindable)
+    def __init__(self, server: Server, secure: bool) -> None:
+        super().__init__(server, secure)
         self._opened = False
         #: Elements parsed from the current message (one, unless it breaks the framing).
         self._framed: list[domish.Element] = []
@@ -138,9 +138,14 @@ class _MessageTransport:
     transport underneath, so L{FlowControl} works exactly as for c2s.
     """
 
-    def __init__(self, protocol: XMPPWebSocketProtocol) -> None:
+    def __init__(self, protocol: XMPPWebSocketProtocol, bindable: bool) -> None:
         self.protocol = protocol
         self.raw = protocol.transport
+        self.bindable = bindable
+
+    def getHandle(self):
+        """The OpenSSL connection, for SCRAM-PLUS: only when it ends at us with the [tls] cert."""
+        return self.raw.getHandle() if self.bindable else None
 
     def write(self, data: bytes) -> None:
         if self.protocol.state == WebSocketServerProtocol.STATE_OPEN:
@@ -197,12 +202,11 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
         # twisted.web's HTTP channel was the transport's producer until the upgrade.
         self.transport.unregisterProducer()
         ours = ISSLTransport.providedBy(self.transport)
-        self.stream = WebSocketStream(
-            self.factory.server,
-            secure=ours or self.factory.behind_tls_proxy,
-            bindable=ours and self.factory.server.settings.http.certificate is None,
-        )
-        self.stream.makeConnection(_MessageTransport(self))
+        server = self.factory.server
+        self.stream = WebSocketStream(server, secure=ours or self.factory.behind_tls_proxy)
+        # The tls-server-end-point binding is the [tls] certificate's: not another one's.
+        bindable = ours and server.settings.http.certificate is None
+        self.stream.makeConnection(_MessageTransport(self, bindable))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.stream is not None:

@@ -116,6 +116,7 @@ class RawClient:
         domain: str = "localhost",
         timeout: float = 5.0,
         alpn: list[str] | None = None,
+        tls_wrapper: Callable[[socket.socket, str], Any] | None = None,
     ) -> None:
         self.address = address
         #: ALPN protocols to offer in the TLS handshake (RFC 7301), if any.
@@ -137,6 +138,8 @@ class RawClient:
         self.lang: str | None = "en"
         self.features: ET.Element | None = None
         self.transcript: list[tuple[str, bytes]] = []
+        #: Makes the TLS socket from (TCP socket, server name); None: Python's ssl.
+        self.tls_wrapper = tls_wrapper
         self._queue: deque[ET.Element] = deque()
         self._new_parser()
 
@@ -234,8 +237,8 @@ class RawClient:
     ) -> ET.Element:
         """SASL PLAIN; returns <success/> (or <failure/> when C{check} is false)."""
         message = f"{authzid}\0{_localpart(user)}\0{password}".encode()
-        self.send(_sasl("auth", message, mechanism="PLAIN"))
-        return self._sasl_outcome(self._expect_sasl(), check)
+        self.send(sasl_xml("auth", message, mechanism="PLAIN"))
+        return self._sasl_outcome(self.expect_sasl(), check)
 
     def auth_scram(
         self,
@@ -251,18 +254,18 @@ class RawClient:
             der = self.sock.getpeercert(binary_form=True)
             binding = ("tls-server-end-point", tls_server_end_point(der))
         scram = ScramClient([mechanism], _localpart(user), password, channel_binding=binding)
-        self.send(_sasl("auth", scram.get_client_first().encode(), mechanism=mechanism))
-        answer = self._expect_sasl()
+        self.send(sasl_xml("auth", scram.get_client_first().encode(), mechanism=mechanism))
+        answer = self.expect_sasl()
         if answer.tag != clark(NS_SASL, "challenge"):
             return self._sasl_outcome(answer, check)
-        scram.set_server_first(_sasl_data(answer).decode())
-        self.send(_sasl("response", scram.get_client_final().encode()))
-        answer = self._expect_sasl()
+        scram.set_server_first(sasl_data(answer).decode())
+        self.send(sasl_xml("response", scram.get_client_final().encode()))
+        answer = self.expect_sasl()
         if answer.tag == clark(NS_SASL, "challenge"):
             # RFC 6120 §6.3.10 allows the server-final message in a last challenge.
             self._verify_server_final(scram, answer)
-            self.send(_sasl("response", b""))
-            answer = self._expect_sasl()
+            self.send(sasl_xml("response", b""))
+            answer = self.expect_sasl()
             return self._sasl_outcome(answer, check)
         if answer.tag == clark(NS_SASL, "success"):
             self._verify_server_final(scram, answer)
@@ -381,7 +384,9 @@ class RawClient:
         self.root = None
         self.stream_ended = False
 
-    def _tls_wrap(self, sock: socket.socket) -> ssl.SSLSocket:
+    def _tls_wrap(self, sock: socket.socket) -> Any:
+        if self.tls_wrapper is not None:
+            return self.tls_wrapper(sock, self.domain)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE  # the server's certificate is self-signed
@@ -439,7 +444,7 @@ class RawClient:
                 elif self._depth == 0:
                     self.stream_ended = True
 
-    def _expect_sasl(self) -> ET.Element:
+    def expect_sasl(self) -> ET.Element:
         return self.expect(lambda e: e.tag.startswith(f"{{{NS_SASL}}}"))
 
     def _sasl_outcome(self, answer: ET.Element, check: bool) -> ET.Element:
@@ -456,7 +461,7 @@ class RawClient:
     @staticmethod
     def _verify_server_final(scram: ScramClient, answer: ET.Element) -> None:
         try:
-            scram.set_server_final(_sasl_data(answer).decode())
+            scram.set_server_final(sasl_data(answer).decode())
         except ScramException as e:
             raise AssertionError(f"the server's SCRAM signature is wrong: {e}") from None
 
@@ -478,14 +483,14 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _sasl(name: str, data: bytes, mechanism: str | None = None) -> str:
+def sasl_xml(name: str, data: bytes, mechanism: str | None = None) -> str:
     """A SASL element; empty data is sent as '=' (RFC 6120 §6.4.2)."""
     payload = base64.b64encode(data).decode("ascii") if data else "="
     attribute = f" mechanism='{mechanism}'" if mechanism else ""
     return f"<{name} xmlns='{NS_SASL}'{attribute}>{payload}</{name}>"
 
 
-def _sasl_data(element: ET.Element) -> bytes:
+def sasl_data(element: ET.Element) -> bytes:
     text = (element.text or "").strip()
     return b"" if text in ("", "=") else base64.b64decode(text, validate=True)
 

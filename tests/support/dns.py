@@ -135,7 +135,8 @@ def _serve(zone_path: str, port: int) -> None:
                 )
             if type_ in (dns.SRV, dns.ALL_RECORDS):
                 for priority, weight, srv_port, target in zone["srv"].get(key, ()):
-                    record = dns.Record_SRV(priority, weight, srv_port, target, 60)
+                    root = target in ("", ".")  # "." is the root: "no service here"
+                    record = dns.Record_SRV(priority, weight, srv_port, b"" if root else target, 60)
                     answers.append(dns.RRHeader(name, dns.SRV, dns.IN, 60, record, True))
             known = key in zone["a"] or key in zone["srv"]
             if not answers and not known:

@@ -70,11 +70,13 @@ class ProsodyProcess:
         modules_enabled: tuple[str, ...] | list[str] = DEFAULT_MODULES,
         modules_disabled: tuple[str, ...] | list[str] = (),
         s2s: bool = False,
+        s2s_direct_tls: bool = False,
         certificate: tuple[Path, Path] | None = None,
         cafile: Path | None = None,
         dns: str | None = None,
         options: dict[str, object] | None = None,
         extra: str = "",
+        log_level: str = "debug",
         start_timeout: float = 20.0,
     ) -> None:
         self.directory = Path(directory).resolve()
@@ -92,9 +94,14 @@ class ProsodyProcess:
         self.dns = dns
         self.options = dict(options or {})
         self.extra = extra
+        #: "debug" helps when a test fails; benchmarks want "info" (debug costs CPU).
+        self.log_level = log_level
         self.start_timeout = start_timeout
         self.port = 0
         self.s2s_port = 0
+        #: XEP-0368 s2s port (with s2s_direct_tls), else 0.
+        self.s2s_direct_tls = s2s_direct_tls
+        self.s2s_tls_port = 0
         self.process: subprocess.Popen | None = None
 
     @property
@@ -125,14 +132,14 @@ class ProsodyProcess:
             f"pidfile = {lua(d / 'prosody.pid')}",
             f"data_path = {lua(d / 'data')}",
             f"certificates = {lua(d)}",
-            "log = { { levels = { min = 'debug' }, to = 'file', filename = "
-            f"{lua(self.log_path)} }} }}",
+            f"log = {{ {{ levels = {{ min = {lua(self.log_level)} }}, to = 'file', "
+            f"filename = {lua(self.log_path)} }} }}",
             f"interfaces = {lua([self.interface])}",
             f"c2s_ports = {lua([self.port])}",
             "c2s_direct_tls_ports = { }",
             "legacy_ssl_ports = { }",
             f"s2s_ports = {lua([self.s2s_port] if self.s2s else [])}",
-            "s2s_direct_tls_ports = { }",
+            f"s2s_direct_tls_ports = {lua([self.s2s_tls_port] if self.s2s_tls_port else [])}",
             "component_ports = { }",
             "http_ports = { }",
             "https_ports = { }",
@@ -172,6 +179,8 @@ class ProsodyProcess:
         self.port = self.port or free_port(self.interface)
         if self.s2s:
             self.s2s_port = self.s2s_port or free_port(self.interface)
+            if self.s2s_direct_tls:
+                self.s2s_tls_port = self.s2s_tls_port or free_port(self.interface)
         self.config_path.write_text(self.config(), encoding="utf-8")
         with (self.directory / "stdout.log").open("ab") as out:
             self.process = subprocess.Popen(
@@ -184,7 +193,7 @@ class ProsodyProcess:
             )
         _running.add(self)
         deadline = time.monotonic() + self.start_timeout
-        ports = [self.port] + ([self.s2s_port] if self.s2s else [])
+        ports = [p for p in (self.port, self.s2s_port, self.s2s_tls_port) if p]
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 break

@@ -98,6 +98,7 @@ class ServerProcess:
         limits: dict[str, Any] | None = None,
         storage: dict[str, Any] | None = None,
         tls: dict[str, Any] | None = None,
+        s2s: dict[str, Any] | None = None,
         http: dict[str, Any] | None = None,
         plugin: dict[str, dict[str, Any]] | None = None,
         start_timeout: float = 20.0,
@@ -128,6 +129,7 @@ class ServerProcess:
             ("limits", limits),
             ("storage", storage),
             ("tls", tls),
+            ("s2s", s2s),
             ("http", http),
         ):
             table = self._tables.setdefault(name, {})
