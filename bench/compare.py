@@ -69,7 +69,7 @@ FIGURES = (
     ("fanout", "server_cpu_per_1000", "presence fan-out CPU", "s/1000", False),
     ("idle", "kib_per_session", "idle memory", "KiB/session", False),
     ("idle", "server_cpu_per_1000", "idle sessions login CPU", "s/1000", False),
-    ("roster-login", "p50_ms", "login with big roster p50", "ms", False),
+    ("roster-login", "p50_ms", "big-roster login..ping p50", "ms", False),
     ("roster-login", "server_cpu_per_1000", "login with big roster CPU", "s/1000", False),
     ("roster-get", "p50_ms", "roster get p50", "ms", False),
     ("roster-get", "p99_ms", "roster get p99", "ms", False),

@@ -293,6 +293,13 @@ class Conn(asyncio.Protocol):
         self.send(f"<iq type='get' id='{iq_id}'><query xmlns='jabber:iq:roster'/></iq>".encode())
         return await self.iq_result(iq_id)
 
+    async def ping(self, domain: str, iq_id: str = "ping") -> None:
+        """XEP-0199 ping of the server, answered once everything sent before it was handled."""
+        self.send(
+            f"<iq type='get' id='{iq_id}' to='{domain}'><ping xmlns='urn:xmpp:ping'/></iq>".encode()
+        )
+        await self.iq_result(iq_id)
+
     async def initial_presence(self) -> None:
         """Send available presence; both servers reflect it, which marks the end of login."""
         self.send(b"<presence/>")

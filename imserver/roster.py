@@ -89,9 +89,11 @@ class RosterCache:
     store has accepted it, so memory never holds what the store refused.
     """
 
-    def __init__(self, store, max_items: int) -> None:
+    def __init__(self, store, max_items: int, changed=None) -> None:
         self.store = store
         self.max_items = max_items
+        #: Called as changed(user, host, items) after a change of items is stored.
+        self.changed = changed
         self._rosters: dict[tuple[str, str], Roster] = {}
         self._loading: dict[tuple[str, str], list[Deferred]] = {}
         self._online: set[tuple[str, str]] = set()
@@ -158,6 +160,8 @@ class RosterCache:
                     roster.pending_in.pop(jid, None)
                 else:
                     roster.pending_in[jid] = request
+            if items and self.changed is not None:
+                self.changed(user, host, items)
             return version
 
         return d.addCallback(applied)

@@ -50,7 +50,11 @@ class Server:
         self.sessions: ISessionRegistry = sessions if sessions is not None else SessionRegistry()
         self.router = Router(self, self.sessions)
         self.dispatcher = Dispatcher(self)
-        self.rosters = RosterCache(store, settings.limits.roster_size)
+        self.rosters = RosterCache(
+            store,
+            settings.limits.roster_size,
+            lambda user, host, items: self.dispatcher.fire("roster-changed", user, host, items),
+        )
         self.privacy = PrivacyEngine(self)
         self.auth_throttle = AuthThrottle(
             settings.limits.auth_failure_delay, settings.limits.auth_failure_max_delay

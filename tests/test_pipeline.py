@@ -289,3 +289,19 @@ def test_a_plugin_without_what_it_requires_is_a_config_error() -> None:
 def test_unknown_plugin_options_fail_at_start() -> None:
     with pytest.raises(ConfigError, match="plugin.version.nmae"):
         make_server(plugins=("version",), plugin={"version": {"nmae": "x"}})
+
+
+def test_roster_changed_fires_after_a_stored_change() -> None:
+    server = make_server()
+    romeo = connect(server, "romeo@example.net/orchard")
+    changes = []
+    server.dispatcher.hook("roster-changed", lambda *args: changes.append(args))
+    send(
+        server,
+        romeo,
+        "<iq type='set' id='r'><query xmlns='jabber:iq:roster'>"
+        "<item jid='juliet@example.net' name='J'/></query></iq>",
+    )
+    [(user, host, items)] = changes
+    assert (user, host) == ("romeo", "example.net")
+    assert items["juliet@example.net"].name == "J"
