@@ -52,6 +52,8 @@ class Target:
     port: int
     domain: str
     password: str
+    #: An RFC 7395 endpoint (ws://host:port/xmpp-websocket) to use instead of TCP.
+    websocket: str | None = None
 
     def jid(self, user: str) -> str:
         return f"{user}@{self.domain}"
@@ -207,6 +209,10 @@ class Conn(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
+
+    def send_many(self, element: bytes, count: int) -> None:
+        """C{count} copies of one element, in one write where the transport allows it."""
+        self.send(element * count)
 
     def close(self) -> None:
         """Close our stream and the socket without waiting for the server."""
@@ -412,9 +418,74 @@ def save_scram_cache(path: Path) -> None:
 
 
 async def connect(target: Target) -> Conn:
+    if target.websocket:
+        return await WSConn.connect(target.websocket)
     loop = asyncio.get_running_loop()
     _, conn = await loop.create_connection(Conn, target.host, target.port)
     return conn
+
+
+class WSConn(Conn):
+    """The same client over RFC 7395: one element per WebSocket message, both ways.
+
+    Each message is already one element, so nothing is split; <open/> stands
+    for the stream header and <close/> for its end. The `websockets` library
+    does the WebSocket framing (and the masking a client must do).
+    """
+
+    FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
+
+    @classmethod
+    async def connect(cls, url: str) -> WSConn:
+        from websockets.asyncio.client import connect as ws_connect
+
+        conn = cls()
+        conn.ws = await ws_connect(url, subprotocols=["xmpp"], max_size=None, compression=None)
+        conn.reader = asyncio.get_running_loop().create_task(conn._read())
+        return conn
+
+    async def _read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            while True:
+                message = await self.ws.recv(decode=False)
+                if self.sink is not None:
+                    self.sink(message)
+                    continue
+                self.elements.append(STREAM_END if message.startswith(b"<close") else message)
+                self._wake()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.connection_lost(None)
+
+    def send(self, data: bytes) -> None:
+        asyncio.get_running_loop().create_task(self.ws.send(data, text=True))
+
+    def send_many(self, element: bytes, count: int) -> None:
+        for _ in range(count):
+            self.send(element)
+
+    def set_sink(self, sink: Callable[[bytes], None]) -> None:
+        self.sink = sink
+        while self.elements:
+            sink(self.elements.popleft())
+
+    def close(self) -> None:
+        if self.ws.state.name == "OPEN":
+            self.send(f"<close xmlns='{self.FRAMING}'/>".encode())
+            asyncio.get_running_loop().create_task(self.ws.close())
+
+    async def open_stream(self, domain: str) -> bytes:
+        self.send(f"<open xmlns='{self.FRAMING}' to='{domain}' version='1.0'/>".encode())
+        opened = await self.next()
+        if not opened.startswith(b"<open"):
+            raise XMPPError(f"expected <open/>, got {opened[:200]!r}")
+        features = await self.next()
+        if b"features" not in features[:40]:
+            raise XMPPError(f"expected stream features, got {features[:200]!r}")
+        return features
 
 
 async def offered_mechanisms(target: Target) -> set[str]:

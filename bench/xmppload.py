@@ -404,7 +404,7 @@ class Pair(Windowed):
         count = min(self.total - self.sent, self.window - (self.sent - self.received))
         if count > 0:
             stanza = self.prefix + str(time.perf_counter_ns()).encode() + self.suffix
-            self.sender.send(stanza * count)
+            self.sender.send_many(stanza, count)
             self.sent += count
 
 
@@ -481,7 +481,7 @@ class Broadcaster(Windowed):
         count = min(self.total - self.sent, self.window - in_flight)
         if count > 0:
             stamp = str(time.perf_counter_ns()).encode()
-            self.conn.send((b"<presence><status>T" + stamp + b"</status></presence>") * count)
+            self.conn.send_many(b"<presence><status>T" + stamp + b"</status></presence>", count)
             self.sent += count
 
 
@@ -1256,6 +1256,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--password", default="bench-secret")
     parser.add_argument("--label", default="server", help="server name in the output")
     parser.add_argument(
+        "--websocket",
+        metavar="URL",
+        help="connect over RFC 7395 WebSocket (ws://127.0.0.1:5280/xmpp-websocket), not TCP",
+    )
+    parser.add_argument(
         "--server-pid",
         type=int,
         help="pid for server CPU and RSS (default: the process listening on --port)",
@@ -1306,7 +1311,7 @@ async def run(args: argparse.Namespace) -> int:
     if pid is None:
         print("xmppload: server pid unknown: server CPU and RSS are not reported", file=sys.stderr)
     ctx = Context(
-        Target(args.host, args.port, args.domain, args.password),
+        Target(args.host, args.port, args.domain, args.password, args.websocket),
         args.label,
         sizes,
         args.mechanism,

@@ -2,6 +2,10 @@
 
     twistd -n -y etc/embedded.tac
 
+The host application's site also carries imserver's web endpoints
+(/xmpp-websocket, /http-bind, /.well-known/host-meta[.json]): browsers reach
+XMPP through the application's own port, whatever [http] says.
+
 IMSERVER_CONFIG and WEB_PORT (environment) override the defaults, so the
 tests can run this very file on ports of their own.
 """
@@ -14,6 +18,7 @@ from twisted.web import resource, server
 from imserver import config
 from imserver.errors import ConfigError
 from imserver.service import makeService
+from imserver.web.site import xmpp_resources
 
 
 class Status(resource.Resource):
@@ -39,7 +44,10 @@ except ConfigError as e:  # one line naming the key, not a traceback
 
 application = service.Application("web site with XMPP")
 xmpp.setServiceParent(application)
+root = resource.Resource()
+root.putChild(b"", Status(xmpp))
+xmpp_resources(xmpp.server).mount(root)
 web = strports.service(
-    f"tcp:{os.environ.get('WEB_PORT', '8080')}:interface=127.0.0.1", server.Site(Status(xmpp))
+    f"tcp:{os.environ.get('WEB_PORT', '8080')}:interface=127.0.0.1", server.Site(root)
 )
 web.setServiceParent(application)

@@ -9,6 +9,7 @@ started from anywhere finds the same files.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,39 @@ class C2SSettings:
     direct_tls_port: int = 5223
     #: Let loopback clients authenticate without STARTTLS (tests, benchmarks).
     allow_plaintext_on_loopback: bool = False
+
+
+@dataclass(frozen=True)
+class HTTPSettings:
+    """The web listener: XMPP over WebSocket (RFC 7395), BOSH (XEP-0206), XEP-0156 discovery.
+
+    Off unless a port is set. Browsers connect from pages on other origins, so
+    BOSH and host-meta answer CORS requests from C{cors_origins} ("*" for any),
+    and a WebSocket handshake from any other Origin is refused.
+    """
+
+    interface: str = "127.0.0.1"
+    #: Plain HTTP; 0 disables it.
+    port: int = 0
+    #: HTTPS with the [tls] certificate (or the one below); 0 disables it.
+    tls_port: int = 0
+    certificate: Path | None = None
+    key: Path | None = None
+    cors_origins: tuple[str, ...] = ("*",)
+    #: A TLS-terminating proxy is in front: plain HTTP counts as secure for SASL.
+    behind_tls_proxy: bool = False
+    #: Base URL for host-meta links, e.g. "https://chat.example.net" (default: from the request).
+    public_url: str = ""
+    #: BOSH: the longest a request is held (seconds), and how long a session may go
+    #: without any request before it ends.
+    bosh_max_wait: float = 60.0
+    bosh_inactivity: float = 60.0
+    #: BOSH: requests the server may hold at once (XEP-0124 'hold').
+    bosh_max_hold: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.port or self.tls_port)
 
 
 @dataclass(frozen=True)
@@ -145,6 +179,7 @@ class Settings:
     storage_url: str
     tls: TLSSettings
     c2s: C2SSettings = field(default_factory=C2SSettings)
+    http: HTTPSettings = field(default_factory=HTTPSettings)
     s2s: S2SSettings = field(default_factory=S2SSettings)
     plugins: tuple[str, ...] = DEFAULT_PLUGINS
     limits: Limits = field(default_factory=Limits)
@@ -204,6 +239,7 @@ def from_dict(raw: dict[str, Any], base: Path | None = None) -> Settings:
         allow_plaintext_on_loopback=c2s.bool("allow_plaintext_on_loopback", False),
     )
 
+    http_settings = _http(reader.table("http"), data_dir)
     s2s_settings = _s2s(reader.table("s2s"), data_dir)
 
     limits = reader.table("limits")
@@ -232,12 +268,45 @@ def from_dict(raw: dict[str, Any], base: Path | None = None) -> Settings:
         storage_url=url,
         tls=tls_settings,
         c2s=c2s_settings,
+        http=http_settings,
         s2s=s2s_settings,
         plugins=plugins,
         limits=Limits(**limit_values),
         allow_registration=allow_registration,
         plugin_options=plugin_options,
     )
+
+
+def _http(http: OptionReader, data_dir: Path) -> HTTPSettings:
+    certificate, key = http.str("certificate", ""), http.str("key", "")
+    if bool(certificate) != bool(key):
+        raise ConfigError(f"{http.prefix}certificate: give both certificate and key, or neither")
+    origins = tuple(http.list("cors_origins", ["*"], str))
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ConfigError(
+                f"{http.prefix}cors_origins: {origin!r} is not an origin like https://example.net"
+            )
+    public_url = http.str("public_url", "").rstrip("/")
+    if public_url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", public_url):
+        raise ConfigError(f"{http.prefix}public_url: {public_url!r} is not an http(s) URL")
+    settings = HTTPSettings(
+        interface=http.str("interface", HTTPSettings.interface),
+        port=http.port("port", 0),
+        tls_port=http.port("tls_port", 0),
+        certificate=data_dir / certificate if certificate else None,
+        key=data_dir / key if key else None,
+        cors_origins=origins,
+        behind_tls_proxy=http.bool("behind_tls_proxy", False),
+        public_url=public_url,
+        bosh_max_wait=http.number("bosh_max_wait", HTTPSettings.bosh_max_wait),
+        bosh_inactivity=http.number("bosh_inactivity", HTTPSettings.bosh_inactivity),
+        bosh_max_hold=http.positive_int("bosh_max_hold", HTTPSettings.bosh_max_hold),
+    )
+    for name in ("bosh_max_wait", "bosh_inactivity"):
+        if getattr(settings, name) == 0:
+            raise ConfigError(f"{http.prefix}{name}: must be greater than 0")
+    return settings
 
 
 def _s2s(table: OptionReader, data_dir: Path) -> S2SSettings:

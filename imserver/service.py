@@ -14,11 +14,12 @@ from twisted.internet import defer, reactor
 from twisted.logger import Logger
 
 from imserver import tls
-from imserver.config import Settings
+from imserver.config import Settings, TLSSettings
 from imserver.s2s.manager import S2SFactory, S2SManager, S2SService
 from imserver.server import Server
 from imserver.storage import open_store
 from imserver.stream.c2s import C2SFactory
+from imserver.web.site import XMPPResources, make_site
 
 log = Logger()
 
@@ -103,6 +104,18 @@ def makeService(settings: Settings) -> service.MultiService:
             server_tls.options,
             interface=c2s.interface,
         ).setServiceParent(top)
+    http = settings.http
+    if http.enabled:
+        site = make_site(XMPPResources(server), max_body=2 * settings.limits.max_stanza_size)
+        if http.port:
+            internet.TCPServer(http.port, site, interface=http.interface).setServiceParent(top)
+        if http.tls_port:
+            options = server_tls.options
+            if http.certificate is not None:
+                options = tls.load(TLSSettings(http.certificate, http.key)).options
+            internet.SSLServer(
+                http.tls_port, site, options, interface=http.interface
+            ).setServiceParent(top)
     s2s = settings.s2s
     if s2s.enabled:
         manager = S2SManager(server, s2s, settings.tls.certificate, settings.tls.key)

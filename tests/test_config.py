@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from imserver import config
-from imserver.config import DEFAULT_PLUGINS, C2SSettings, Limits, Settings
+from imserver.config import DEFAULT_PLUGINS, C2SSettings, HTTPSettings, Limits, Settings
 from imserver.errors import ConfigError
 
 
@@ -215,3 +215,39 @@ def test_sample_config_is_valid() -> None:
     assert settings.data_dir.resolve() == sample.parent.parent / "var"
     assert "register" in settings.plugins
     assert settings.allow_registration is False
+
+
+# -- [http] -----------------------------------------------------------------------------
+
+
+def test_http_is_off_unless_a_port_is_given(tmp_path: Path) -> None:
+    settings = load_text(tmp_path, "")
+    assert settings.http == HTTPSettings() and not settings.http.enabled
+    settings = load_text(
+        tmp_path,
+        "[http]\nport = 5280\ntls_port = 5281\ncertificate = 'web.crt'\nkey = 'web.key'\n"
+        "cors_origins = ['https://chat.example.net']\nbehind_tls_proxy = true\n"
+        "public_url = 'https://chat.example.net/'\nbosh_max_wait = 30\n",
+    )
+    http = settings.http
+    assert http.enabled and (http.port, http.tls_port) == (5280, 5281)
+    assert http.certificate == tmp_path / "var" / "web.crt"
+    assert http.cors_origins == ("https://chat.example.net",)
+    assert http.behind_tls_proxy and http.public_url == "https://chat.example.net"
+    assert http.bosh_max_wait == 30.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"http": {"port": 70000}}, "http.port: 70000 is not a port (0-65535)"),
+        ({"http": {"certificate": "a.crt"}}, "http.certificate: give both certificate and key"),
+        ({"http": {"cors_origins": ["example.net"]}}, "http.cors_origins: 'example.net' is not"),
+        ({"http": {"public_url": "chat.example.net"}}, "http.public_url: 'chat.example.net' is"),
+        ({"http": {"bosh_max_wait": 0}}, "http.bosh_max_wait: must be greater than 0"),
+        ({"http": {"bosh_max_hold": 0}}, "http.bosh_max_hold: must be greater than 0"),
+        ({"http": {"websocket": True}}, "http.websocket: unknown setting"),
+    ],
+)
+def test_bad_http_values_name_the_key(raw: dict, expected: str) -> None:
+    assert error_of(raw).startswith(expected)

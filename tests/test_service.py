@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 from support.cli import TWISTD, Daemon, child_env, imserver, password_file, write_config
-from support.client import NS_TLS, RawClient, clark, to_text
+from support.client import NS_SASL, NS_TLS, RawClient, clark, to_text
 from support.server import ServerProcess, free_port
+from support.web import WSClient
 
 REPO = Path(__file__).resolve().parent.parent
 PING = "<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
@@ -206,6 +207,12 @@ def test_embedded_tac(tmp_path: Path) -> None:
         assert page(started.web_port) == "sessions: 1\n"
         client.close()
         assert page_becomes(started.web_port, "sessions: 0\n") == "sessions: 0\n"
+        # The host's site carries the XMPP web endpoints too. Plain HTTP with no
+        # TLS proxy configured is not secure: no SASL is offered over it.
+        web = WSClient(started.web_port).connect()
+        features = web.open()
+        assert features.find(clark(NS_SASL, "mechanisms")) is None, to_text(features)
+        web.close()
         other = logged_in(started.port, jid, password)
         shut_down_twistd(daemon, [other])
     finally:

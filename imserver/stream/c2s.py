@@ -119,7 +119,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         """<stream:features/>: our own part is built once per kind of stream, plugins' each time."""
         xs = self.xs
         if self.username is None:
-            starttls = not xs.secure and self.server.tls is not None
+            starttls = not xs.secure and self.server.tls is not None and xs.can_starttls
             if not (xs.secure or xs.plaintext_allowed):
                 return _features(_preauth_features(starttls, True, None, ()), ())
             self.offer = sasl.make_offer(True, self._channel_bindings())
@@ -185,7 +185,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
 
     def starttls(self) -> None:
         xs = self.xs
-        if xs.secure or self.server.tls is None:
+        if xs.secure or self.server.tls is None or not xs.can_starttls:
             xs.send(domish.Element((NS_TLS, "failure")))
             xs.sendFooter()
             xs.close_transport()
@@ -330,7 +330,12 @@ class C2SStream(xmlstream.XmlStream):
     """One client connection: parsing with limits, timeouts, ordered dispatch.
 
     Flow limits (input rate, a client that does not read) are in L{FlowControl}.
+    WebSocket and BOSH streams (L{imserver.web}) are subclasses that change
+    only the framing: what goes in and out around the same elements.
     """
+
+    #: STARTTLS can upgrade this transport (not a WebSocket's or a BOSH session's).
+    can_starttls = True
 
     def __init__(self, server: Server, direct_tls: bool) -> None:
         super().__init__(C2SAuthenticator(server))

@@ -206,6 +206,15 @@ class RestrictedElementStream:
         parser.ProcessingInstructionHandler = _refuse("processing instructions are not allowed")
         parser.CommentHandler = _refuse("comments are not allowed")
 
+    @property
+    def between_elements(self) -> bool:
+        """Nothing is half-read: no top-level element is open and no tag is unfinished.
+
+        Framed transports (RFC 7395 WebSocket) check it after each message,
+        which must hold exactly one whole element.
+        """
+        return not self._stack and self._pending is None and not self._tail.strip()
+
     # -- feeding ---------------------------------------------------------------
 
     def parse(self, data: bytes) -> None:

@@ -99,6 +99,7 @@ class ServerProcess:
         storage: dict[str, Any] | None = None,
         tls: dict[str, Any] | None = None,
         s2s: dict[str, Any] | None = None,
+        http: dict[str, Any] | None = None,
         plugin: dict[str, dict[str, Any]] | None = None,
         start_timeout: float = 20.0,
     ) -> None:
@@ -110,6 +111,7 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
         #: Ports the caller chose (0 disables a listener): never re-picked.
         self._fixed_ports = {k for k in ("port", "direct_tls_port") if k in (c2s or {})}
+        self._picked: set[str] = set()
         self._tables: dict[str, dict[str, Any]] = {
             "server": {"hosts": list(DEFAULT_HOSTS), "data_dir": "data"},
             "c2s": {
@@ -128,6 +130,7 @@ class ServerProcess:
             ("storage", storage),
             ("tls", tls),
             ("s2s", s2s),
+            ("http", http),
         ):
             table = self._tables.setdefault(name, {})
             for key, value in (overrides or {}).items():
@@ -294,17 +297,33 @@ class ServerProcess:
 
     # -- internals ----------------------------------------------------------------
 
+    @property
+    def http_port(self) -> int:
+        """The [http] plain port (0 when the server has no web listener)."""
+        return self._tables.get("http", {}).get("port", 0)
+
+    @property
+    def http_tls_port(self) -> int:
+        return self._tables.get("http", {}).get("tls_port", 0)
+
     def _pick_ports(self) -> None:
         c2s = self._tables["c2s"]
         interface = c2s.get("interface", "127.0.0.1")
         for key in ("port", "direct_tls_port"):
             if key not in self._fixed_ports:
                 c2s[key] = free_port(interface)
+        # [http] ports given as 0 are picked too (a web listener is off unless asked for).
+        http = self._tables.get("http")
+        if http is not None:
+            for key in ("port", "tls_port"):
+                if http.get(key) == 0 or f"http.{key}" in self._picked:
+                    http[key] = free_port(http.get("interface", "127.0.0.1"))
+                    self._picked.add(f"http.{key}")
 
     def _wait_ready(self, log_offset: int) -> bool:
         """True once every port accepts and the store is open; False if the process died."""
         deadline = time.monotonic() + self.start_timeout
-        ports = [p for p in (self.port, self.tls_port) if p]
+        ports = [p for p in (self.port, self.tls_port, self.http_port, self.http_tls_port) if p]
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 return False
