@@ -38,7 +38,18 @@ import procstat  # noqa: E402
 
 PYTHON = ROOT / ".venv" / "bin" / "python"
 LOADGEN = BENCH / "xmppload.py"
-SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn", "pep", "archive")
+SCENARIOS = (
+    "login",
+    "messages",
+    "fanout",
+    "idle",
+    "roster",
+    "churn",
+    "pep",
+    "archive",
+    "sm",
+    "fast",
+)
 #: Run with each server's message archive (XEP-0313) on.
 ARCHIVE_SCENARIOS = ("archive",)
 DOMAIN = "localhost"
@@ -91,6 +102,24 @@ FIGURES = (
     ("archive-query", "p50_ms", "archive page of 50 p50", "ms", False),
     ("archive-query", "p99_ms", "archive page of 50 p99", "ms", False),
     ("archive-query", "server_cpu_per_1000", "archive pages CPU", "s/1000", False),
+    ("sm-off-messages", "rate", "messages without SM (same run)", "msgs/s", True),
+    ("sm-off-messages", "server_cpu_per_1000", "messages without SM CPU", "s/1000", False),
+    ("sm-messages", "rate", "messages with SM, <r/> every 5", "msgs/s", True),
+    ("sm-messages", "p99_ms", "message latency with SM p99", "ms", False),
+    ("sm-messages", "loss", "messages lost with SM", "msgs", False),
+    ("sm-messages", "server_cpu_per_1000", "messages with SM CPU", "s/1000", False),
+    ("sm-login", "rate", "fresh login + SM enable", "logins/s", True),
+    ("sm-login", "p50_ms", "fresh login + SM enable p50", "ms", False),
+    ("sm-resume", "rate", "SM resumption", "resumes/s", True),
+    ("sm-resume", "p50_ms", "SM resumption p50", "ms", False),
+    ("sm-resume", "server_cpu_per_1000", "SM resumption CPU", "s/1000", False),
+    ("sm-login", "server_cpu_per_1000", "fresh login + SM enable CPU", "s/1000", False),
+    ("reconnect-scram", "rate", "reconnect SASL1 SCRAM-SHA-1 + bind", "logins/s", True),
+    ("reconnect-scram", "p50_ms", "reconnect SASL1 SCRAM p50", "ms", False),
+    ("reconnect-scram", "server_cpu_per_1000", "reconnect SASL1 SCRAM CPU", "s/1000", False),
+    ("reconnect-fast", "rate", "reconnect SASL2 FAST + Bind2", "logins/s", True),
+    ("reconnect-fast", "p50_ms", "reconnect SASL2 FAST p50", "ms", False),
+    ("reconnect-fast", "server_cpu_per_1000", "reconnect SASL2 FAST CPU", "s/1000", False),
 )
 
 IMSERVER_CONFIG = """\
@@ -99,7 +128,8 @@ IMSERVER_CONFIG = """\
 hosts = ["{domain}"]
 data_dir = "{data}"
 plugins = ["sessions", "disco", "ping", "version", "register",
-           "roster", "presence", "subscriptions", "offline", "caps", "pep"{plugins}]
+           "roster", "presence", "subscriptions", "offline", "caps", "pep",
+           "sm", "sasl2", "bind2"{plugins}]
 allow_registration = true
 
 [storage]
@@ -144,7 +174,7 @@ c2s_direct_tls_ports = {{ }}
 legacy_ssl_ports = {{ }}
 s2s_ports = {{ }}
 modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "version", "register",
-                    "pep"{modules} }}
+                    "pep", "smacks"{modules} }}
 modules_disabled = {{ "s2s", "s2s_auth_certs" }}
 c2s_require_encryption = false
 s2s_require_encryption = false

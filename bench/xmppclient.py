@@ -234,18 +234,20 @@ class Conn(asyncio.Protocol):
             raise XMPPError(f"expected stream features, got {features[:200]!r}")
         return features
 
-    async def authenticate(self, user: str, password: str, mechanism: str) -> None:
+    async def authenticate(
+        self, user: str, password: str, mechanism: str, sasl2: bytes | None = None
+    ) -> bytes:
+        """SASL1, or with C{sasl2} (the inline requests) XEP-0388 SASL2; returns the success."""
         if mechanism == "PLAIN":
             payload = f"\0{user}\0{password}".encode()
-            self.send(_sasl("auth", payload, mechanism))
-            await self._sasl_success(None)
-            return
+            self.send(_auth(mechanism, payload, sasl2))
+            return await self._sasl_success(None, sasl2 is not None)
         digest = SCRAM_HASHES.get(mechanism)
         if digest is None:
             raise XMPPError(f"unsupported mechanism {mechanism}")
         nonce = secrets.token_urlsafe(18)
         client_first_bare = f"n={_scram_name(user)},r={nonce}"
-        self.send(_sasl("auth", f"n,,{client_first_bare}".encode(), mechanism))
+        self.send(_auth(mechanism, f"n,,{client_first_bare}".encode(), sasl2))
         challenge = await self.next()
         if not challenge.startswith(b"<challenge"):
             raise XMPPError(f"{user}: SCRAM refused: {challenge[:300]!r}")
@@ -260,13 +262,30 @@ class Conn(asyncio.Protocol):
         signature = hmac.digest(stored_key, auth_message, digest)
         proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
         final = f"{final_bare},p={base64.b64encode(proof).decode()}"
-        self.send(_sasl("response", final.encode()))
+        if sasl2 is None:
+            self.send(_sasl("response", final.encode()))
+        else:
+            self.send(_sasl2_element("response", final.encode()))
         expected = base64.b64encode(hmac.digest(server_key, auth_message, digest)).decode()
-        await self._sasl_success(f"v={expected}")
+        return await self._sasl_success(f"v={expected}", sasl2 is not None)
 
-    async def _sasl_success(self, verifier: str | None) -> None:
+    async def fast(self, user: str, token: str, agent: str, inline: bytes) -> bytes:
+        """XEP-0484 FAST: HT-SHA-256-NONE with a token, in SASL2; returns the success."""
+        proof = hmac.digest(token.encode(), b"Initiator", "sha256")
+        payload = user.encode() + b"\0" + proof
+        extra = f"<user-agent id='{agent}'/><fast xmlns='urn:xmpp:fast:0'/>".encode() + inline
+        self.send(_auth("HT-SHA-256-NONE", payload, extra))
+        success = await self.next()
+        if not success.startswith(b"<success"):
+            raise XMPPError(f"FAST refused: {success[:300]!r}")
+        expected = hmac.digest(token.encode(), b"Responder", "sha256")
+        if base64.b64decode(text_of(success, b"additional-data") or "") != expected:
+            raise XMPPError("the server's HT proof does not verify")
+        return success
+
+    async def _sasl_success(self, verifier: str | None, sasl2: bool = False) -> bytes:
         element = await self.next()
-        if element.startswith(b"<challenge") and verifier is not None:
+        if element.startswith(b"<challenge") and verifier is not None and not sasl2:
             # RFC 6120 allows the server's final data as a last challenge.
             data = base64.b64decode(text_of(element, b"challenge") or "").decode()
             if data != verifier:
@@ -276,9 +295,10 @@ class Conn(asyncio.Protocol):
             verifier = None
         if not element.startswith(b"<success"):
             raise XMPPError(f"authentication failed: {element[:300]!r}")
-        data = text_of(element, b"success")
+        data = text_of(element, b"additional-data" if sasl2 else b"success")
         if verifier is not None and data and base64.b64decode(data).decode() != verifier:
             raise XMPPError("the server's SCRAM signature does not verify")
+        return element
 
     async def bind(self, resource: str) -> str:
         self.send(
@@ -300,6 +320,22 @@ class Conn(asyncio.Protocol):
         )
         await self.iq_result(iq_id)
 
+    async def enable_sm(self) -> str:
+        """XEP-0198 <enable resume='true'/>; returns the resumption id."""
+        self.send(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        enabled = await self.expect(lambda e: e.startswith((b"<enabled", b"<failed")))
+        previd = attribute(enabled, "id")
+        if not enabled.startswith(b"<enabled") or not previd:
+            raise XMPPError(f"stream management refused: {enabled[:300]!r}")
+        return previd
+
+    async def resume(self, previd: str, h: int = 0) -> None:
+        """XEP-0198 <resume/> (after SASL and the stream restart)."""
+        self.send(f"<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='{h}'/>".encode())
+        answer = await self.expect(lambda e: e.startswith((b"<resumed", b"<failed")))
+        if not answer.startswith(b"<resumed"):
+            raise XMPPError(f"resumption refused: {answer[:300]!r}")
+
     async def initial_presence(self) -> None:
         """Send available presence; both servers reflect it, which marks the end of login."""
         self.send(b"<presence/>")
@@ -310,6 +346,23 @@ class Conn(asyncio.Protocol):
             return element.startswith(b"<presence") and (own[0] in head or own[1] in head)
 
         await self.expect(reflected)
+
+
+def _auth(mechanism: str, payload: bytes, sasl2: bytes | None) -> bytes:
+    """The first SASL message: SASL1 <auth/>, or SASL2 <authenticate/> with inline requests."""
+    if sasl2 is None:
+        return _sasl("auth", payload, mechanism)
+    return (
+        f"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='{mechanism}'><initial-response>"
+        f"{base64.b64encode(payload).decode()}</initial-response>".encode()
+        + sasl2
+        + b"</authenticate>"
+    )
+
+
+def _sasl2_element(name: str, payload: bytes) -> bytes:
+    data = base64.b64encode(payload).decode() if payload else "="
+    return f"<{name} xmlns='urn:xmpp:sasl:2'>{data}</{name}>".encode()
 
 
 def _sasl(name: str, payload: bytes, mechanism: str | None = None) -> bytes:

@@ -39,14 +39,27 @@ from xmppclient import (  # noqa: E402
     Target,
     XMPPError,
     attribute,
+    connect,
     load_scram_cache,
     login,
     offered_mechanisms,
     register,
     save_scram_cache,
+    text_of,
 )
 
-SCENARIOS = ("login", "messages", "fanout", "idle", "roster", "churn", "pep", "archive")
+SCENARIOS = (
+    "login",
+    "messages",
+    "fanout",
+    "idle",
+    "roster",
+    "churn",
+    "pep",
+    "archive",
+    "sm",
+    "fast",
+)
 #: (mechanism, record name) measured by the login scenario, when the server offers it.
 #: Prosody 0.12 has no SCRAM-SHA-256 for stored credentials, so it has no login-scram256.
 LOGIN_MECHANISMS = (
@@ -395,6 +408,66 @@ class Pair(Windowed):
             self.sent += count
 
 
+SM_REQUEST = b"<r xmlns='urn:xmpp:sm:3'/>"
+_SM_REQUEST = re.compile(rb"<r\s+xmlns=['\"]urn:xmpp:sm:3['\"]\s*/>")
+_EMPTY_STANZA = re.compile(rb"<(?:message|presence|iq)\b[^>]*/>")
+
+
+class AckingPair(Pair):
+    """A L{Pair} whose sender asks for an ack (XEP-0198 <r/>) after every C{every} chats."""
+
+    def __init__(self, sender: Conn, to: str, window: int, every: int) -> None:
+        super().__init__(sender, to, window)
+        self.every = every
+        self.since_request = 0
+
+    def pump(self) -> None:
+        count = min(self.total - self.sent, self.window - (self.sent - self.received))
+        if count <= 0:
+            return
+        stanza = self.prefix + str(time.perf_counter_ns()).encode() + self.suffix
+        chunks = []
+        for _ in range(count):
+            chunks.append(stanza)
+            self.since_request += 1
+            if self.since_request == self.every:
+                chunks.append(SM_REQUEST)
+                self.since_request = 0
+        self.sender.send(b"".join(chunks))
+        self.sent += count
+
+
+class AckingSink:
+    """A raw sink that counts the stanzas received and answers the server's <r/> (XEP-0198).
+
+    Reads are cut after their last '>', so no tag is ever split between two scans.
+    """
+
+    def __init__(self, conn: Conn, inner: Callable[[bytes], None]) -> None:
+        self.conn = conn
+        self.inner = inner
+        self.handled = 0
+        self.carry = b""
+
+    def __call__(self, data: bytes) -> None:
+        self.inner(data)
+        data = self.carry + data
+        cut = data.rfind(b">") + 1
+        scan, self.carry = data[:cut], data[cut:]
+        self.handled += (
+            scan.count(b"</message>")
+            + scan.count(b"</presence>")
+            + scan.count(b"</iq>")
+            + len(_EMPTY_STANZA.findall(scan))
+        )
+        if _SM_REQUEST.search(scan):
+            self.acknowledge()
+
+    def acknowledge(self) -> None:
+        h = self.handled % 2**32
+        self.conn.send(f"<a xmlns='urn:xmpp:sm:3' h='{h}'/>".encode())
+
+
 class Broadcaster(Windowed):
     """The fan-out user: stamped presence changes, at most C{window} not yet fully delivered."""
 
@@ -453,18 +526,37 @@ async def scenario_login(ctx: Context) -> list[dict]:
     return records
 
 
-async def scenario_messages(ctx: Context, name: str = "messages") -> dict:
-    """Pairs online; each sender pipelines chats to its partner's bare JID."""
+async def scenario_messages(
+    ctx: Context, name: str = "messages", ack_every: int | None = None
+) -> dict:
+    """Pairs online; each sender pipelines chats to its partner's bare JID.
+
+    With C{ack_every}, both sides enable XEP-0198 stream management: senders
+    ask for an ack after every C{ack_every} chats, receivers answer the
+    server's requests.
+    """
     s = ctx.sizes
     users = ctx.users(2 * s.pairs)
     senders = await login_many(ctx, users[: s.pairs], s.login_concurrency)
     receivers = await login_many(ctx, users[s.pairs :], s.login_concurrency)
+    if ack_every is not None:
+        await together(conn.enable_sm() for conn in senders + receivers)
     pairs, counters = [], []
+    sinks: list[AckingSink] = []
     for sender, receiver in zip(senders, receivers, strict=True):
-        sender.set_sink(discard)
-        pair = Pair(sender, receiver.jid.split("/")[0], s.message_window)
+        to = receiver.jid.split("/")[0]
+        if ack_every is None:
+            sender.set_sink(discard)
+            pair = Pair(sender, to, s.message_window)
+        else:
+            sender.set_sink(AckingSink(sender, discard))
+            pair = AckingPair(sender, to, s.message_window, ack_every)
         counter = StampCounter(b"</message>", b"<body>T", pair.delivered)
-        receiver.set_sink(counter)
+        if ack_every is None:
+            receiver.set_sink(counter)
+        else:
+            sinks.append(AckingSink(receiver, counter))
+            receiver.set_sink(sinks[-1])
         pairs.append(pair)
         counters.append(counter)
     meter = Meter(ctx.server_pid)
@@ -473,6 +565,12 @@ async def scenario_messages(ctx: Context, name: str = "messages") -> dict:
     total = s.messages * len(pairs)
     flow, m = await run_flow(counters, pairs, s.messages, total, meter)
     sent = sum(p.sent for p in pairs)
+    if sinks:
+        # Acknowledge everything before leaving, as a client would: otherwise the
+        # server re-routes what is unacknowledged to offline storage.
+        for sink in sinks:
+            sink.acknowledge()
+        await asyncio.sleep(0.5)
     await close_all(senders + receivers)
     return report(
         ctx,
@@ -559,6 +657,143 @@ async def scenario_archive(ctx: Context) -> list[dict]:
             short_pages=short_pages,
         )
     )
+
+
+async def scenario_sm(ctx: Context) -> list[dict]:
+    """Stream management: its cost on messages, and resuming against logging in again.
+
+    The messages scenario twice on the same server, without and with SM (an
+    <r/> every 5 chats); then C{login_clients} fresh logins that enable SM
+    (login, bind, initial presence, <enable/>), their connections aborted, and
+    as many resumptions (connect, SASL, <resume/>), C{login_concurrency} at a time.
+    """
+    records = [
+        await scenario_messages(ctx, "sm-off-messages"),
+        await scenario_messages(ctx, "sm-messages", ack_every=5),
+    ]
+    s = ctx.sizes
+    users = ctx.users(s.login_clients)
+    target, mechanism = ctx.target, ctx.mechanism
+    meter = Meter(ctx.server_pid)
+    sessions: list[tuple[str, str]] = []
+    conns: list[Conn] = []
+
+    async def timed(work: Callable[[str], Awaitable[object]], items: list, out: list[int]):
+        pending = iter(items)
+
+        async def worker() -> None:
+            for item in pending:
+                started = time.perf_counter_ns()
+                await work(item)
+                out.append(time.perf_counter_ns() - started)
+
+        await together(worker() for _ in range(s.login_concurrency))
+
+    async def fresh(user: str) -> None:
+        conn = await login(target, user, mechanism)
+        sessions.append((user, await conn.enable_sm()))
+        conns.append(conn)
+
+    async def resume(session: tuple[str, str]) -> None:
+        user, previd = session
+        conn = await connect(target)
+        await conn.open_stream(target.domain)
+        await conn.authenticate(user, target.password, mechanism)
+        await conn.open_stream(target.domain)
+        await conn.resume(previd)
+        conns.append(conn)
+
+    login_latencies: list[int] = []
+    meter.start()
+    await timed(fresh, users, login_latencies)
+    m = meter.stop()
+    records.append(report(ctx, "sm-login", len(users), "logins/s", m, login_latencies))
+    for conn in conns:
+        conn.transport.abort()  # the network is gone: the sessions wait for resumption
+    conns.clear()
+    await asyncio.sleep(1.0)
+    resume_latencies: list[int] = []
+    meter.start()
+    await timed(resume, sessions, resume_latencies)
+    m = meter.stop()
+    records.append(report(ctx, "sm-resume", len(sessions), "resumes/s", m, resume_latencies))
+    await close_all(conns)
+    return records
+
+
+_FAST_TOKEN = re.compile(rb"<token\b[^>]*\stoken=(['\"])(.*?)\1")
+BIND2 = b"<bind xmlns='urn:xmpp:bind:0'><tag>bench</tag></bind>"
+
+
+async def scenario_fast(ctx: Context) -> list[dict]:
+    """Reconnects: SASL1 SCRAM-SHA-1 then bind, against SASL2 with a FAST token and Bind2.
+
+    Both end with initial presence reflected. Each user first gets a token (a
+    SASL2 SCRAM login with <request-token/>). A server without SASL2 FAST
+    (Prosody 0.12) gets only the SCRAM record.
+    """
+    s = ctx.sizes
+    users = ctx.users(s.login_clients)
+    target = ctx.target
+    meter = Meter(ctx.server_pid)
+    probe = await connect(target)
+    features = await probe.open_stream(target.domain)
+    probe.close()
+    await close_all(await login_many(ctx, users[:10], 5, "SCRAM-SHA-1"))  # warm-up
+    latencies: list[int] = []
+    meter.start()
+    conns = await login_many(ctx, users, s.login_concurrency, "SCRAM-SHA-1", latencies)
+    m = meter.stop()
+    await close_all(conns)
+    records = [report(ctx, "reconnect-scram", len(users), "logins/s", m, latencies)]
+    if b"urn:xmpp:fast:0" not in features:
+        print(f"# {ctx.label} offers no SASL2 FAST: no FAST record", flush=True)
+        return records
+
+    tokens: dict[str, str] = {}
+    request = b"<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>"
+
+    async def get_token(user: str) -> None:
+        conn = await connect(target)
+        await conn.open_stream(target.domain)
+        agent = f"<user-agent id='bench-{user}'/>".encode()
+        success = await conn.authenticate(user, target.password, "SCRAM-SHA-1", agent + request)
+        match = _FAST_TOKEN.search(success)
+        if match is None:
+            raise XMPPError(f"no FAST token: {success[:300]!r}")
+        tokens[user] = match.group(2).decode()
+        conn.close()
+
+    async def fast_login(user: str) -> None:
+        conn = await connect(target)
+        await conn.open_stream(target.domain)
+        success = await conn.fast(user, tokens[user], f"bench-{user}", BIND2)
+        conn.jid = text_of(success, b"authorization-identifier") or ""
+        await conn.initial_presence()
+        conns.append(conn)
+
+    pending = iter(users)
+
+    async def fetch() -> None:
+        for user in pending:
+            await get_token(user)
+
+    await together(fetch() for _ in range(s.login_concurrency))
+    conns = []
+    latencies = []
+    work = iter(users)
+
+    async def worker() -> None:
+        for user in work:
+            started = time.perf_counter_ns()
+            await fast_login(user)
+            latencies.append(time.perf_counter_ns() - started)
+
+    meter.start()
+    await together(worker() for _ in range(s.login_concurrency))
+    m = meter.stop()
+    await close_all(conns)
+    records.append(report(ctx, "reconnect-fast", len(users), "logins/s", m, latencies))
     return records
 
 
@@ -1098,6 +1333,8 @@ async def run(args: argparse.Namespace) -> int:
         "churn": lambda: scenario_churn(ctx),
         "pep": lambda: scenario_pep(ctx),
         "archive": lambda: scenario_archive(ctx),
+        "sm": lambda: scenario_sm(ctx),
+        "fast": lambda: scenario_fast(ctx),
     }
     if args.scram_cache:
         load_scram_cache(args.scram_cache)

@@ -34,6 +34,10 @@ DEFAULT_PLUGINS = (
     "pep",
     "vcard",
     "private",
+    "sm",
+    "csi",
+    "sasl2",
+    "bind2",
 )
 
 

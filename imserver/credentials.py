@@ -72,3 +72,12 @@ def check_password(credentials: Credentials, password: str) -> bool:
     salted = hashlib.pbkdf2_hmac("sha256", prepared.encode(), keys.salt, keys.iterations)
     _, stored_key, _ = client_and_server_keys("sha256", salted)
     return hmac.compare_digest(stored_key, keys.stored_key)
+
+
+@dataclass(frozen=True)
+class FastToken:
+    """A XEP-0484 FAST token as stored: its SHA-256 (hex), mechanism and expiry (epoch seconds)."""
+
+    token_hash: str
+    mechanism: str
+    expiry: int

@@ -20,7 +20,10 @@
 Stanzas the server emits on someone's behalf (broadcasts, subscription
 stanzas, probe answers) and stanzas from peer servers enter at stage 2 through
 L{Dispatcher.route}. Top-level elements after bind that are not stanzas
-(stream management, client state) are C{("stream", namespace, name)} events.
+(stream management, client state) are C{("stream", namespace, name)} events;
+those a client sends during negotiation, before bind (stream resumption, SASL2),
+are C{("negotiate", namespace, name)} events; requests made inline in a SASL2 or
+Bind2 request are C{("inline", namespace, name)} events.
 
 Handlers run in descending priority; the first to return True (or a Deferred)
 ends the chain, and a returned Deferred holds the sender's next stanzas until
@@ -81,6 +84,7 @@ HOOKS = frozenset(
         "roster-changed",
         "privacy-changed",
         "user-deleted",
+        "server-stopping",
         # caps-known(session, new_nodes): a client's +notify interests grew (XEP-0115).
         "caps-known",
         # pep-published(owner, node, item) / pep-retracted(owner, node, ids): PEP changed.
@@ -113,6 +117,7 @@ class Event:
         "ns",
         "server",
         "stream",
+        "result",
     )
 
     def __init__(
@@ -138,6 +143,8 @@ class Event:
         self.ns = ns
         #: Only for stanzas from a stream without a session (registration).
         self.stream = None
+        #: What an inline handler answers with (an element for the SASL2 or Bind2 reply).
+        self.result: domish.Element | None = None
 
     def reply(self, child: domish.Element | None = None) -> domish.Element:
         """Build the result for this iq (to the sender, from the addressee)."""
@@ -244,6 +251,7 @@ class Dispatcher:
         the stream can hold back the sender's next stanzas and keep their order.
         """
         kind = stanza.name
+        origin.stanzas_in += 1
         stanza["from"] = origin.full  # stamped: a client cannot spoof its address
         type_ = stanza.getAttribute("type") or _DEFAULT_TYPE[kind]
         if type_ not in _TYPES[kind]:
@@ -276,6 +284,54 @@ class Dispatcher:
             self.server, element, "stream", element.name, origin, origin.jid, host, "host", None
         )
         return self.run(key, event)
+
+    def dispatch_negotiation(self, element: domish.Element, stream: Any):
+        """A top-level element during negotiation that the stream itself does not know.
+
+        The key is C{("negotiate", ns, name)} (XEP-0198 <resume/> after SASL);
+        C{event.origin} is None, C{event.sender} the authenticated account (the
+        host before authentication) and C{event.stream} the stream. Returns
+        False when no plugin registered for it, else None or a Deferred.
+        """
+        key = ("negotiate", element.uri, element.name)
+        if key not in self._chains:
+            return False
+        auth = stream.authenticator
+        host = parse_jid(auth.host)
+        sender = JID(tuple=(auth.username, auth.host, None)) if auth.username else host
+        event = Event(
+            self.server, element, "negotiate", element.name, None, sender, host, "host", None
+        )
+        event.stream = stream
+        return self.run(key, event)
+
+    def dispatch_inline(
+        self, element: domish.Element, stream: Any, session: Session | None = None
+    ) -> domish.Element | bool | None:
+        """A request made inline in a SASL2 <authenticate/> or Bind2 <bind/> (XEP-0388/0386).
+
+        The key is C{("inline", ns, name)}; the handler runs synchronously and
+        puts its answer in C{event.result}, which is returned (None when it has
+        nothing to say). C{event.origin} is the newly bound session for Bind2
+        requests, None for those made before binding. False when no plugin
+        handles the element (the request then ignores it).
+        """
+        key = ("inline", element.uri, element.name)
+        if key not in self._chains:
+            return False
+        auth = stream.authenticator
+        host = parse_jid(auth.host)
+        sender = session.jid if session is not None else JID(tuple=(auth.username, auth.host, None))
+        event = Event(
+            self.server, element, "inline", element.name, session, sender, host, "host", None
+        )
+        event.stream = stream
+        self.run(key, event)
+        return event.result
+
+    def inline_namespaces(self) -> set[str]:
+        """The namespaces of the inline requests some plugin handles (Bind2 advertises them)."""
+        return {key[1] for key in self._chains if key[0] == "inline"}
 
     def dispatch_preauth(self, stanza: domish.Element, stream: Any) -> defer.Deferred | None:
         """Handle an iq from a stream that has not authenticated yet (XEP-0077).
@@ -440,7 +496,7 @@ def check_key(key: tuple) -> None:
     ok = False
     if len(key) == 3 and key[0] == "out":
         ok = key[1] in _TYPES and key[2] in _TYPES[key[1]]
-    elif len(key) == 3 and key[0] == "stream":
+    elif len(key) == 3 and key[0] in ("stream", "negotiate", "inline"):
         ok = isinstance(key[1], str) and isinstance(key[2], str)
     elif len(key) == 4 and key[0] == "iq":
         ok = key[1] in IQ_TYPES and isinstance(key[2], str) and key[3] in _IQ_TARGETS

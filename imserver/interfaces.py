@@ -43,8 +43,13 @@ class ISessionStream(Interface):
     def drained():
         """A Deferred firing once the client has read what was sent so far."""
 
-    def fail(condition, text=None):
-        """Close with a stream error (RFC 6120 §4.9)."""
+    def fail(condition, text=None, app_condition=None):
+        """Close with a stream error (RFC 6120 §4.9), optionally with an application condition.
+
+        The transport then ends the session it carries (its C{session}
+        attribute) through C{server.stream_gone}; a feature that moves a
+        session to another transport sets that attribute on both.
+        """
 
 
 class ISessionRegistry(Interface):
@@ -146,6 +151,22 @@ class IPrivacyStore(Interface):
         C{lists} maps a list name to its items (an empty sequence removes the
         list); C{default} is the default list's name, or None to decline one.
         A failure leaves the stored lists and default as they were.
+        """
+
+
+class IFastTokenStore(Interface):
+    """XEP-0484 FAST tokens per account and client, kept only as hashes.
+
+    Optional: a store without it means the sasl2 plugin offers no FAST.
+    """
+
+    def get_fast_tokens(user, host, client):
+        """Fire with the L{imserver.credentials.FastToken}s of one client of an account."""
+
+    def replace_fast_tokens(user, host, client, keep, add):
+        """In one transaction: drop the client's tokens whose hash is not in C{keep}, add C{add}.
+
+        C{add} is a L{imserver.credentials.FastToken} or None.
         """
 
 

@@ -73,7 +73,14 @@ class Server:
         self.host_info_nodes: set[str] = set()
         #: The PEP engine (L{imserver.pep.PepEngine}) when the pep plugin is loaded.
         self.pep = None
-        self.stream_features: dict[str, list[FeatureFactory]] = {"preauth": [], "bound": []}
+        #: Stream features by stage: "preauth" (before SASL), "bound" (after it), and
+        #: the inline features of SASL2's <authentication/> ("sasl2") and Bind2 ("bind2").
+        self.stream_features: dict[str, list[FeatureFactory]] = {
+            "preauth": [],
+            "bound": [],
+            "sasl2": [],
+            "bind2": [],
+        }
         self.ready: defer.Deferred = defer.Deferred()
         self._options: dict[str, OptionReader] = {}
         self.plugins = load_plugins(settings.plugins)
@@ -92,7 +99,7 @@ class Server:
         return reader
 
     def add_stream_feature(self, stage: str, factory: FeatureFactory) -> None:
-        """Offer a stream feature: C{stage} "preauth" (before SASL) or "bound" (after it)."""
+        """Offer a stream feature at C{stage}: "preauth", "bound", "sasl2" or "bind2"."""
         self.stream_features[stage].append(factory)
 
     def when_ready(self) -> defer.Deferred:

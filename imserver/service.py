@@ -64,6 +64,9 @@ class ServerService(service.Service):
                 for stream in streams:
                     if stream.transport is not None:
                         stream.transport.abortConnection()
+        # Sessions no stream carries (XEP-0198 waiting for resumption) end now;
+        # the store closes once their last writes are done.
+        yield self.server.dispatcher.fire("server-stopping")
         yield self.server.store.stop()
 
 

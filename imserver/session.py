@@ -43,6 +43,7 @@ class Session:
         "presence",
         "directed",
         "extra",
+        "stanzas_in",
     )
 
     def __init__(self, jid: JID, stream: ISessionStream) -> None:
@@ -61,6 +62,8 @@ class Session:
         self.directed: set[str] = set()
         #: Per-session state that feature plugins keep, keyed by plugin name.
         self.extra: dict[str, Any] = {}
+        #: Stanzas the client has sent on this session (XEP-0198 acks count from it).
+        self.stanzas_in = 0
 
     def send(self, stanza: domish.Element) -> None:
         self.stream.send_stanza(stanza)

@@ -96,6 +96,12 @@ def carbon(stanza: domish.Element, direction: str, bare: str) -> domish.Element:
     return wrapper
 
 
+def _bind2_feature(stream) -> domish.Element:
+    feature = domish.Element(("urn:xmpp:bind:0", "feature"))
+    feature["var"] = NS_CARBONS
+    return feature
+
+
 @implementer(IPlugin, IFeature)
 class Carbons:
     name = "carbons"
@@ -107,6 +113,9 @@ class Carbons:
         self.router = server.router
         dispatcher = server.dispatcher
         dispatcher.on(("iq", "set", NS_CARBONS, "self"), self.toggle)
+        # XEP-0386: <enable/> may come inside a Bind2 request (nothing goes in <bound/>).
+        dispatcher.on(("inline", NS_CARBONS, "enable"), self.enable_inline)
+        server.add_stream_feature("bind2", _bind2_feature)
         for type_ in MESSAGE_TYPES:
             dispatcher.on(("out", "message", type_), self.sent, priority=PRIORITY)
             dispatcher.on(("message", type_, "bare"), self.received_bare, priority=PRIORITY)
@@ -122,6 +131,10 @@ class Carbons:
         else:
             raise StanzaError("bad-request")
         return event.answer()
+
+    def enable_inline(self, event) -> bool:
+        event.origin.extra[ENABLED] = True
+        return True
 
     def sent(self, event) -> bool:
         """Copy what a resource sends to the account's other carbons-enabled resources."""

@@ -222,6 +222,20 @@ archive_prefs = Table(
     Column("never_json", Text, nullable=False),
 )
 
+fast_tokens = Table(
+    "fast_tokens",
+    metadata,
+    *_owner(primary_key=False),
+    #: The client's SASL2 user-agent id: tokens are issued per client (XEP-0484).
+    Column("client", String(PART_LENGTH), nullable=False),
+    #: SHA-256 of the token, in hex: the token itself is never stored.
+    Column("token_hash", String(64), primary_key=True),
+    Column("mechanism", String(64), nullable=False),
+    #: Seconds since the epoch.
+    Column("expiry", Integer, nullable=False),
+    Index("ix_fast_tokens_client", "host", "username", "client"),
+)
+
 #: The tables of schema version 1, as first released.
 VERSION_1_TABLES = (
     credentials,
@@ -239,7 +253,7 @@ _PERSONAL_TABLES = (pep_nodes, pep_items, documents)
 _ARCHIVE_TABLES = (archive_messages, archive_prefs)
 
 #: The tables every user's data lives in, children before parents, for deletion.
-USER_TABLES = _ARCHIVE_TABLES + _PERSONAL_TABLES + VERSION_1_TABLES
+USER_TABLES = (fast_tokens, *_ARCHIVE_TABLES, *_PERSONAL_TABLES, *VERSION_1_TABLES)
 
 
 #: Version-1 tables that a later step changed, as version 1 created them.
@@ -302,6 +316,11 @@ def _create_archive_tables(connection: Connection) -> None:
     metadata.create_all(connection, tables=list(_ARCHIVE_TABLES), checkfirst=False)
 
 
+def _create_fast_tokens(connection: Connection) -> None:
+    """Version 5: hashed XEP-0484 FAST tokens, per account and client."""
+    metadata.create_all(connection, tables=[fast_tokens], checkfirst=False)
+
+
 Migration = Callable[[Connection], None]
 
 #: Step N turns a version N-1 database into version N. Append, never edit.
@@ -310,6 +329,7 @@ MIGRATIONS: list[Migration] = [
     _keep_subscription_requests,
     _create_personal_tables,
     _create_archive_tables,
+    _create_fast_tokens,
 ]
 
 

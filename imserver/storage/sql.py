@@ -47,9 +47,9 @@ from imserver.archive import (
     ArchiveRecord,
     UnknownArchiveId,
 )
-from imserver.credentials import Credentials, ScramKeys
+from imserver.credentials import Credentials, FastToken, ScramKeys
 from imserver.errors import StoreError, UserExists, UserNotFound
-from imserver.interfaces import IStore
+from imserver.interfaces import IFastTokenStore, IStore
 from imserver.privacy import PrivacyItem, PrivacySettings
 from imserver.roster import Roster, RosterItem
 from imserver.storage import schema
@@ -58,6 +58,7 @@ from imserver.storage.schema import (
     archive_messages,
     archive_prefs,
     credentials,
+    fast_tokens,
     offline_messages,
     privacy_default,
     privacy_lists,
@@ -131,7 +132,7 @@ _ROSTER = union_all(
 _ANY_OFFLINE = select(offline_messages.c.id).where(_user_rows(offline_messages)).limit(1)
 
 
-@implementer(IStore)
+@implementer(IStore, IFastTokenStore)
 class SQLStore(PersonalStore):
     """Every store of L{IStore} in one SQL database named by a SQLAlchemy URL."""
 
@@ -376,6 +377,43 @@ class SQLStore(PersonalStore):
                 )
 
     # -- offline messages --------------------------------------------------------
+
+    # -- FAST tokens (XEP-0484) -----------------------------------------------------
+
+    def get_fast_tokens(self, user: str, host: str, client: str) -> Deferred[list[FastToken]]:
+        return self._run(self._get_fast_tokens, user, host, client)
+
+    def replace_fast_tokens(
+        self, user: str, host: str, client: str, keep: Sequence[str], add: FastToken | None
+    ) -> Deferred[None]:
+        return self._run(self._replace_fast_tokens, user, host, client, list(keep), add)
+
+    def _get_fast_tokens(self, user: str, host: str, client: str) -> list[FastToken]:
+        with self._db.connect() as conn:
+            rows = conn.execute(
+                select(fast_tokens).where(
+                    _owned(fast_tokens, user, host) & (fast_tokens.c.client == client)
+                )
+            ).all()
+        return [FastToken(row.token_hash, row.mechanism, row.expiry) for row in rows]
+
+    def _replace_fast_tokens(
+        self, user: str, host: str, client: str, keep: list[str], add: FastToken | None
+    ) -> None:
+        with _writing(self._db) as conn:
+            mine = _owned(fast_tokens, user, host) & (fast_tokens.c.client == client)
+            conn.execute(delete(fast_tokens).where(mine & fast_tokens.c.token_hash.not_in(keep)))
+            if add is not None:
+                conn.execute(
+                    fast_tokens.insert().values(
+                        host=host,
+                        username=user,
+                        client=client,
+                        token_hash=add.token_hash,
+                        mechanism=add.mechanism,
+                        expiry=add.expiry,
+                    )
+                )
 
     def store_offline(self, user: str, host: str, stanza_xml: str, limit: int) -> Deferred[bool]:
         self._offline_stores += 1

@@ -164,12 +164,20 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
                 return self.sasl(element)
             if uri == NS_CLIENT and name == "iq" and self._is_register(element):
                 return self.server.dispatcher.dispatch_preauth(element, self.xs)
-            return self.xs.fail("not-authorized")
-        if uri == NS_CLIENT and name == "iq" and element.getAttribute("type") == "set":
+        elif uri == NS_CLIENT and name == "iq" and element.getAttribute("type") == "set":
             bind = next(element.elements(NS_BIND, "bind"), None)
             if bind is not None:
                 return self.bind(element, bind)
-        return self.xs.fail("not-authorized", "bind a resource first")
+        # A feature's element (XEP-0198 <resume/>, XEP-0388 <authenticate/>): its
+        # handler may authenticate this stream or give it a session (see
+        # C2SStream.session); otherwise refused. The next element waits for it.
+        pending = self.server.dispatcher.dispatch_negotiation(element, self.xs)
+        if pending is False:
+            text = None if self.username is None else "bind a resource first"
+            self.xs.fail("not-authorized", text)
+        elif pending is not None:
+            self.busy = True
+            pending.addBoth(self._not_busy)
 
     @staticmethod
     def _is_register(iq: domish.Element) -> bool:
@@ -200,9 +208,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             return self.sasl_failure(failure)
         if element.name == "auth":
             try:
-                self.mechanism = sasl.make_mechanism(
-                    element.getAttribute("mechanism", ""), self._lookup, self.host, self.offer
-                )
+                self.mechanism = self.make_mechanism(element.getAttribute("mechanism", ""))
             except sasl.SASLFailure as failure:
                 return self.sasl_failure(failure)
             step = self.mechanism.start
@@ -210,16 +216,51 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             step = self.mechanism.step
         else:
             return self.sasl_failure(sasl.SASLFailure("malformed-request"))
-
         self.busy = True
-        delay = self.server.auth_throttle.delay(xs.peer_address)
-        d = (
-            defer.maybeDeferred(step, data)
-            if delay == 0
-            else _later(delay).addCallback(lambda _: step(data))
-        )
+        d = self.run_step(step, data)
         d.addCallbacks(self.sasl_step, self.sasl_error)
         d.addBoth(self._not_busy)
+
+    # -- steps shared with SASL2 (XEP-0388, a plugin) -------------------------
+
+    def make_mechanism(self, name: str):
+        """A server mechanism from this stream's offer; or SASLFailure."""
+        return sasl.make_mechanism(name, self._lookup, self.host, self.offer)
+
+    def run_step(self, step, data: bytes | None) -> defer.Deferred:
+        """Run one mechanism step, after the delay earned by this address's failures."""
+        delay = self.server.auth_throttle.delay(self.xs.peer_address)
+        if delay == 0:
+            return defer.maybeDeferred(step, data)
+        return _later(delay).addCallback(lambda _: step(data))
+
+    def authenticated_as(self, username: str) -> None:
+        """The client proved it is C{username}: the stream is now authenticated."""
+        self.mechanism = None
+        self.username = username
+        self.server.auth_throttle.succeeded(self.xs.peer_address)
+        log.info(
+            "{peer} authenticated as {user}@{host}",
+            peer=self.xs.peer_address,
+            user=username,
+            host=self.host,
+        )
+        self.xs.authenticated()
+
+    def count_failure(self, condition: str) -> None:
+        """A failed attempt (already answered): slow this address; end a stream failing often."""
+        self.mechanism = None
+        if condition in ("aborted", "encryption-required", "invalid-mechanism"):
+            return
+        self.failures += 1
+        self.server.auth_throttle.failed(self.xs.peer_address)
+        log.info(
+            "{peer} failed to authenticate: {condition}",
+            peer=self.xs.peer_address,
+            condition=condition,
+        )
+        if self.failures >= self.server.limits.max_auth_failures_per_stream:
+            self.xs.fail("policy-violation", "too many failed authentication attempts")
 
     def _not_busy(self, _) -> None:
         self.busy = False
@@ -236,17 +277,8 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if isinstance(result, sasl.Challenge):
             xs.send(_sasl_bytes("challenge", result.data))
             return
-        self.mechanism = None
-        self.username = result.username
-        self.server.auth_throttle.succeeded(xs.peer_address)
-        log.info(
-            "{peer} authenticated as {user}@{host}",
-            peer=xs.peer_address,
-            user=self.username,
-            host=self.host,
-        )
         xs.send(_sasl_bytes("success", result.data))
-        xs.authenticated()
+        self.authenticated_as(result.username)
         xs.reset()
 
     def sasl_error(self, failure) -> None:
@@ -259,23 +291,12 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         xs = self.xs
         if xs.transport is None or xs.closed:
             return
-        self.mechanism = None
         element = domish.Element((NS_SASL, "failure"))
         element.addElement(failure.condition)
         if failure.text:
             element.addElement("text", content=failure.text)[lang.XML_LANG] = lang.DEFAULT
         xs.send(element)
-        if failure.condition in ("aborted", "encryption-required", "invalid-mechanism"):
-            return
-        self.failures += 1
-        self.server.auth_throttle.failed(xs.peer_address)
-        log.info(
-            "{peer} failed to authenticate: {condition}",
-            peer=xs.peer_address,
-            condition=failure.condition,
-        )
-        if self.failures >= self.server.limits.max_auth_failures_per_stream:
-            xs.fail("policy-violation", "too many failed authentication attempts")
+        self.count_failure(failure.condition)
 
     def bind(self, iq: domish.Element, bind: domish.Element) -> None:
         xs = self.xs
@@ -287,18 +308,21 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         if resource is None or len(resource.encode()) > 1023:
             error = lang.labelled(StanzaError("bad-request", text="invalid resource"))
             return xs.send(error.toResponse(iq))
-        if not resource:
-            resource = secrets.token_hex(6)
+        session = self.bind_resource(resource or secrets.token_hex(6))
+        result = xmlstream.toResponse(iq, "result")
+        result.addElement((NS_BIND, "bind")).addElement("jid", content=session.full)
+        xs.send(result)
+
+    def bind_resource(self, resource: str) -> Session:
+        """Bind a valid, prepared resource to this stream, replacing a session that had it."""
         jid = prepared_jid(self.username, self.host, resource)
         previous = self.server.sessions.get(jid.userhost(), resource)
         if previous is not None:
             previous.stream.fail("conflict", "replaced by a new session")
-        session = Session(jid, xs)
-        xs.session = session
+        session = Session(jid, self.xs)
+        self.xs.session = session
         self.server.bind(session)
-        result = xmlstream.toResponse(iq, "result")
-        result.addElement((NS_BIND, "bind")).addElement("jid", content=jid.full())
-        xs.send(result)
+        return session
 
 
 @implementer(ISessionStream)
@@ -319,6 +343,9 @@ class C2SStream(xmlstream.XmlStream):
         self.secure = direct_tls
         #: The client's preferred language (its header's xml:lang), if it gave one.
         self.lang: str | None = None
+        #: The bound session this stream carries. A feature may hand it over
+        #: to another stream (XEP-0198 resumption sets it on the new stream
+        #: and to None on the old one, which then ends no session).
         self.session: Session | None = None
         self.closed = False
         self.peer_address = ""
@@ -420,7 +447,8 @@ class C2SStream(xmlstream.XmlStream):
         ping["id"] = "idle-" + secrets.token_hex(4)
         ping["from"] = self.authenticator.host
         ping.addElement(("urn:xmpp:ping", "ping"))
-        self.send_stanza(ping)
+        # Through the session's stream when bound: a wrapper (XEP-0198) counts every stanza.
+        (self.session.stream if self.session is not None else self).send_stanza(ping)
         self._pinged_at = now
         self._timeout = reactor.callLater(limits.idle_ping_timeout, self._idle_check)
 
@@ -452,11 +480,18 @@ class C2SStream(xmlstream.XmlStream):
         self.flow.closing()
         self.transport.loseConnection()
 
-    def fail(self, condition: str, text: str | None = None, drain: bool = False) -> None:
+    def fail(
+        self,
+        condition: str,
+        text: str | None = None,
+        drain: bool = False,
+        app_condition: domish.Element | None = None,
+    ) -> None:
         """Close with a stream error (RFC 6120 §4.9); the session ends at once.
 
         With C{drain}, stanzas already read but waiting behind a slow handler
-        are still handled, and the session ends after them.
+        are still handled, and the session ends after them. C{app_condition}
+        is an application-specific condition element (§4.9.4).
         """
         if self.closed:
             return
@@ -469,7 +504,9 @@ class C2SStream(xmlstream.XmlStream):
         else:
             self._end_session(condition)
         self.flow.closing()
-        self.sendStreamError(lang.labelled(StreamError(condition, text=text)))
+        self.sendStreamError(
+            lang.labelled(StreamError(condition, text=text, appCondition=app_condition))
+        )
 
     def sendHeader(self) -> None:
         """The response stream header, with the language we answer in (RFC 6120 §4.7.4).

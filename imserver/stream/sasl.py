@@ -84,7 +84,7 @@ def channel_bindings(connection: SSL.Connection, server_end_point: bytes) -> dic
     return bindings
 
 
-def _prep_username(raw: str) -> str:
+def prep_username(raw: str) -> str:
     try:
         username = nodeprep.prepare(raw)
     except UnicodeError:
@@ -118,7 +118,7 @@ class Plain:
         except (UnicodeDecodeError, ValueError):
             return defer.fail(SASLFailure("malformed-request"))
         try:
-            username = _prep_username(authcid)
+            username = prep_username(authcid)
             _check_authzid(authzid, username, self.host)
         except SASLFailure as failure:
             return defer.fail(failure)
@@ -155,7 +155,7 @@ class Scram:
         self.started = True
         try:
             first = self.exchange.receive_first(data.decode("utf-8"))
-            self.username = _prep_username(first.username)
+            self.username = prep_username(first.username)
             _check_authzid(first.authzid, self.username, self.host)
         except UnicodeDecodeError:
             return defer.fail(SASLFailure("malformed-request"))
