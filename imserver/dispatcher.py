@@ -268,7 +268,9 @@ class Dispatcher:
             except InvalidFormat:
                 return self.bounce(stanza, StanzaError("jid-malformed"))
         event = self._event(stanza, kind, type_, origin, origin.jid, to)
-        return self._filtered("out", event, self._act_for_sender)
+        if self._filters["out"]:
+            return self._filtered("out", event, self._act_for_sender)
+        return self._act_for_sender(event)
 
     def dispatch_element(self, element: domish.Element, origin: Session):
         """A top-level element after bind that is not a stanza: C{("stream", ns, name)}.
@@ -360,7 +362,9 @@ class Dispatcher:
         kind = stanza.name
         type_ = stanza.getAttribute("type") or _DEFAULT_TYPE[kind]
         event = self._event(stanza, kind, type_, origin, sender, to)
-        return self._filtered("out", event, self.server.router.route)
+        if self._filters["out"]:
+            return self._filtered("out", event, self.server.router.route)
+        return self.server.router.route(event)
 
     def event_for(self, stanza: domish.Element, sender: JID, to: JID) -> Event:
         """The event of a server-made stanza (e.g. one a route must carry)."""
@@ -371,7 +375,9 @@ class Dispatcher:
 
     def inbound(self, event: Event) -> defer.Deferred | None:
         """Stages 5-7 for an event addressed to a local host (the local route's work)."""
-        return self._filtered("in", event, self._act_for_recipient)
+        if self._filters["in"]:
+            return self._filtered("in", event, self._act_for_recipient)
+        return self._act_for_recipient(event)
 
     # -- stages ---------------------------------------------------------
 
