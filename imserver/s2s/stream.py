@@ -41,6 +41,7 @@ from imserver.s2s.tls import names_domain, peer_certificate
 from imserver.serialize import stanza_bytes
 from imserver.stream.limits import FlowControl
 from imserver.stream.parser import ParserLimits, RestrictedElementStream, StreamViolation
+from imserver.stream.tcp import no_delay
 
 if TYPE_CHECKING:
     from imserver.s2s.manager import S2SManager
@@ -136,6 +137,7 @@ class S2SStream(xmlstream.XmlStream):
     # -- lifecycle ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self.peer_address = getattr(self.transport.getPeer(), "host", "")
         self.flow = FlowControl(self.transport, self.manager.server.limits)
         self.flow.start()

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from OpenSSL import SSL
 from twisted.internet import defer, protocol, reactor, task
-from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.protocols.jabber.error import StanzaError, StreamError
@@ -33,6 +32,7 @@ from imserver.session import Session
 from imserver.stream import sasl
 from imserver.stream.limits import FlowControl, is_loopback
 from imserver.stream.parser import ParserLimits, RestrictedElementStream, StreamViolation
+from imserver.stream.tcp import no_delay
 
 if TYPE_CHECKING:
     from imserver.server import Server
@@ -377,10 +377,7 @@ class C2SStream(xmlstream.XmlStream):
     # -- connection lifecycle ---------------------------------------------
 
     def connectionMade(self) -> None:
-        if ITCPTransport.providedBy(self.transport):
-            # Nagle would hold a small reply written right after a large one (a
-            # roster) until the client's delayed ACK: up to 40 ms on Linux.
-            self.transport.setTcpNoDelay(True)
+        no_delay(self.transport)
         self.peer_address = getattr(self.transport.getPeer(), "host", "")
         loopback = is_loopback(self.peer_address)
         self.plaintext_allowed = loopback and self.server.settings.c2s.allow_plaintext_on_loopback
