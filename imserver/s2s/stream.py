@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-from collections import deque
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer, reactor
@@ -39,7 +38,8 @@ from imserver.jid import InvalidFormat, parse_jid
 from imserver.s2s.dialback import NS_DIALBACK, NS_DIALBACK_FEATURE
 from imserver.s2s.tls import names_domain, peer_certificate
 from imserver.serialize import stanza_bytes
-from imserver.stream.limits import FlowControl
+from imserver.stream import NS_CLIENT, NS_SASL, NS_STREAMS, NS_TLS, STANZAS
+from imserver.stream.limits import FlowControl, InOrder
 from imserver.stream.parser import ParserLimits, RestrictedElementStream, StreamViolation
 from imserver.stream.tcp import no_delay
 
@@ -49,16 +49,9 @@ if TYPE_CHECKING:
 log = Logger()
 
 NS_SERVER = "jabber:server"
-NS_CLIENT = "jabber:client"
-NS_STREAMS = "http://etherx.jabber.org/streams"
-NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
-NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_BIDI = "urn:xmpp:bidi"
 NS_BIDI_FEATURE = "urn:xmpp:features:bidi"
 
-STANZAS = frozenset(("message", "presence", "iq"))
-#: Stanzas held behind an asynchronous handler before the stream stops reading.
-MAX_QUEUED = 64
 #: Domain pairs one incoming stream may ask to authenticate by dialback (each
 #: costs a connection to the claimed domain's server).
 MAX_DIALBACK_REQUESTS = 16
@@ -119,8 +112,7 @@ class S2SStream(xmlstream.XmlStream):
         self._timeout = None
         self._idle = None
         self._overflow = None
-        self._busy: defer.Deferred | None = None
-        self._queue: deque[tuple] = deque()
+        self._in_order: InOrder | None = None
         limits = manager.server.limits
         self._parser_limits = ParserLimits(
             max_stanza_size=limits.max_stanza_size,
@@ -141,6 +133,7 @@ class S2SStream(xmlstream.XmlStream):
         self.peer_address = getattr(self.transport.getPeer(), "host", "")
         self.flow = FlowControl(self.transport, self.manager.server.limits)
         self.flow.start()
+        self._in_order = InOrder(self.flow, self._deliver, lambda: not self.closed)
         self._timeout = reactor.callLater(
             self.manager.server.limits.unauthenticated_timeout,
             self.fail,
@@ -621,29 +614,14 @@ class S2SStream(xmlstream.XmlStream):
                 return self.fail("host-unknown", f"{to_jid.host} is not served here")
             return self.fail("invalid-from", f"{sender_jid.host} is not authenticated here")
         to_client_namespace(element)
-        if self._busy is not None:
-            self._queue.append((element, sender_jid, to_jid))
-            if len(self._queue) >= MAX_QUEUED:
-                self.flow.pause_reading("queue")
-            return
-        self._deliver(element, sender_jid, to_jid)
+        self._in_order.push(element, sender_jid, to_jid)
 
-    def _deliver(self, element, sender, to) -> None:
+    def _deliver(self, element, sender, to) -> defer.Deferred | None:
         try:
-            pending = self.manager.server.dispatcher.route(element, sender, to)
+            return self.manager.server.dispatcher.route(element, sender, to)
         except Exception:
             log.failure("routing a stanza from {stream!r} failed", stream=self)
-            return
-        if pending is not None:
-            self._busy = pending
-            pending.addBoth(self._resume)
-
-    def _resume(self, _) -> None:
-        self._busy = None
-        while self._queue and self._busy is None and not self.closed:
-            self._deliver(*self._queue.popleft())
-        if len(self._queue) < MAX_QUEUED // 2:
-            self.flow.resume_reading("queue")
+            return None
 
     def send_stanza(self, stanza: domish.Element) -> None:
         """Write one stanza (its jabber:client content becomes jabber:server's by default)."""

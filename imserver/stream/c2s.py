@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-from collections import deque
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -29,8 +28,8 @@ from imserver.interfaces import ISessionStream
 from imserver.jid import prepared_jid
 from imserver.serialize import escape_attribute, stanza_bytes
 from imserver.session import Session
-from imserver.stream import sasl
-from imserver.stream.limits import FlowControl, is_loopback
+from imserver.stream import NS_CLIENT, NS_SASL, NS_STREAMS, NS_TLS, STANZAS, sasl
+from imserver.stream.limits import FlowControl, InOrder, is_loopback
 from imserver.stream.parser import ParserLimits, RestrictedElementStream, StreamViolation
 from imserver.stream.tcp import no_delay
 
@@ -39,17 +38,9 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-NS_CLIENT = "jabber:client"
-NS_STREAMS = "http://etherx.jabber.org/streams"
-NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
-NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_SASL_CB = "urn:xmpp:sasl-cb:0"
 NS_REGISTER = "jabber:iq:register"
-
-STANZAS = frozenset(("message", "presence", "iq"))
-#: Stanzas queued behind an asynchronous handler before we stop reading the socket.
-MAX_QUEUED = 64
 
 
 class C2SAuthenticator(xmlstream.ListenAuthenticator):
@@ -353,9 +344,8 @@ class C2SStream(xmlstream.XmlStream):
         self._timeout = None
         self._last_read = 0.0
         self._pinged_at: float | None = None
-        self._busy: defer.Deferred | None = None
-        self._queue: deque[domish.Element] = deque()
         self.flow: FlowControl | None = None
+        self._in_order: InOrder | None = None
         #: Set by fail() after an output overflow: end the session once the queue is handled.
         self._draining = False
         #: The stream error condition we closed with (what a drained session ends with).
@@ -386,6 +376,9 @@ class C2SStream(xmlstream.XmlStream):
         self._counted_unauthenticated = True
         self.flow = FlowControl(self.transport, self.server.limits)
         self.flow.start()
+        self._in_order = InOrder(
+            self.flow, self._dispatch, lambda: self.session is not None, self._drained_queue
+        )
         self._timeout = reactor.callLater(
             self.server.limits.unauthenticated_timeout, self.fail, "connection-timeout"
         )
@@ -496,7 +489,7 @@ class C2SStream(xmlstream.XmlStream):
         if self.namespace == "invalid":
             self.namespace = NS_CLIENT
         self._ended_by = condition
-        if drain and self._busy is not None and self.session is not None:
+        if drain and self._in_order.busy is not None and self.session is not None:
             self._draining = True
         else:
             self._end_session(condition)
@@ -547,14 +540,9 @@ class C2SStream(xmlstream.XmlStream):
             # RFC 6120 §4.7.4: the stream's language goes with the stanza (never
             # replacing one the client gave).
             element.attributes[lang.XML_LANG] = self.lang
-        if self._busy is not None:
-            self._queue.append(element)
-            if len(self._queue) >= MAX_QUEUED:
-                self.flow.pause_reading("queue")
-            return
-        self._dispatch(element)
+        self._in_order.push(element)
 
-    def _dispatch(self, element: domish.Element) -> None:
+    def _dispatch(self, element: domish.Element) -> defer.Deferred | None:
         dispatcher = self.server.dispatcher
         try:
             if element.uri == NS_CLIENT and element.name in STANZAS:
@@ -567,7 +555,7 @@ class C2SStream(xmlstream.XmlStream):
                         if element.uri == NS_CLIENT
                         else "invalid-namespace"
                     )
-                    return
+                    return None
         except Exception:
             # Name, type and id only: a payload may hold a password (XEP-0077).
             log.failure(
@@ -577,20 +565,14 @@ class C2SStream(xmlstream.XmlStream):
                 id=element.getAttribute("id"),
             )
             self.server.dispatcher.bounce(element, StanzaError("internal-server-error"))
-            return
-        if pending is not None:
-            self._busy = pending
-            pending.addBoth(self._resume)
+            return None
+        return pending
 
-    def _resume(self, result) -> None:
-        self._busy = None
-        while self._queue and self._busy is None and self.session is not None:
-            self._dispatch(self._queue.popleft())
-        if self._draining and self._busy is None:
+    def _drained_queue(self) -> None:
+        """After fail(drain=True): the session ends once what was read is handled."""
+        if self._draining:
             self._draining = False
             self._end_session(self._ended_by)
-        if len(self._queue) < MAX_QUEUED // 2:
-            self.flow.resume_reading("queue")
 
     def send_stanza(self, stanza: domish.Element) -> None:
         if not self.closed:

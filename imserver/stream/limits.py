@@ -11,13 +11,15 @@ One client must not be able to grow server memory or starve the others:
 * L{ConnectionTally} counts open connections per source address and the
   unauthenticated ones overall, so the factory can refuse a connection at
   accept, before it costs a parser or a TLS handshake.
+* L{InOrder} keeps a peer's stanzas in order across asynchronous handlers,
+  and stops reading while too many wait behind a slow one.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -254,3 +256,56 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
+
+
+#: Elements waiting behind an asynchronous handler before the stream stops reading.
+MAX_QUEUED = 64
+
+
+class InOrder:
+    """Hands a stream's elements to C{handle} one at a time, in the order they came.
+
+    While a handler's Deferred is pending, later elements wait; past
+    L{MAX_QUEUED} of them the socket stops being read until half are handled.
+    C{ready()} says whether waiting elements may still be handled (the
+    stream's session or link is still there); C{idle()}, when given, runs
+    each time the queue stops waiting on a handler.
+    """
+
+    def __init__(
+        self,
+        flow: FlowControl,
+        handle: Callable[..., Deferred | None],
+        ready: Callable[[], bool],
+        idle: Callable[[], None] | None = None,
+    ) -> None:
+        self.flow = flow
+        self.handle = handle
+        self.ready = ready
+        self.idle = idle
+        #: The pending handler's Deferred, or None.
+        self.busy: Deferred | None = None
+        self._waiting: deque[tuple] = deque()
+
+    def push(self, *item: Any) -> None:
+        if self.busy is not None:
+            self._waiting.append(item)
+            if len(self._waiting) >= MAX_QUEUED:
+                self.flow.pause_reading("queue")
+            return
+        self._run(item)
+
+    def _run(self, item: tuple) -> None:
+        pending = self.handle(*item)
+        if pending is not None:
+            self.busy = pending
+            pending.addBoth(self._next)
+
+    def _next(self, _) -> None:
+        self.busy = None
+        while self._waiting and self.busy is None and self.ready():
+            self._run(self._waiting.popleft())
+        if self.busy is None and self.idle is not None:
+            self.idle()
+        if len(self._waiting) < MAX_QUEUED // 2:
+            self.flow.resume_reading("queue")

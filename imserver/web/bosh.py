@@ -44,9 +44,10 @@ from twisted.web import resource, server
 from twisted.words.protocols.jabber.xmpp_stringprep import nameprep
 from twisted.words.xish import domish
 
+from imserver.stream import NS_CLIENT, NS_STREAMS
 from imserver.stream.parser import ParserLimits, RestrictedElementStream, StreamViolation
 from imserver.web.cors import allow_cross_origin
-from imserver.web.framing import NS_CLIENT, NS_STREAMS, WebStream
+from imserver.web.framing import WebStream
 
 if TYPE_CHECKING:
     from imserver.server import Server

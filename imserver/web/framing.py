@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING
 from twisted.words.xish import domish
 
 from imserver.serialize import stanza_bytes
+from imserver.stream import NS_STREAMS
 from imserver.stream.c2s import C2SStream
 
 if TYPE_CHECKING:
     from imserver.server import Server
 
-NS_CLIENT = "jabber:client"
-NS_STREAMS = "http://etherx.jabber.org/streams"
 NS_FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
 
 _CLIENT_DECLARATION = b" xmlns='jabber:client'"

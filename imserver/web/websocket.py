@@ -28,7 +28,8 @@ from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
 from imserver import lang
-from imserver.web.framing import NS_CLIENT, NS_FRAMING, NS_STREAMS, WebStream
+from imserver.stream import NS_CLIENT, NS_STREAMS
+from imserver.web.framing import NS_FRAMING, WebStream
 
 if TYPE_CHECKING:
     from imserver.server import Server
