@@ -64,6 +64,25 @@ class Roster:
     pending_in: dict[str, str] = field(default_factory=dict)
     _wire: tuple[int, domish.SerializedXML] | None = field(default=None, repr=False, compare=False)
 
+    def apply(
+        self,
+        version: int,
+        items: dict[str, RosterItem | None],
+        pending_in: dict[str, str | None],
+    ) -> None:
+        """Apply one change as the store wrote it (None removes an item or a request)."""
+        self.version = version
+        for jid, item in items.items():
+            if item is None:
+                self.items.pop(jid, None)
+            else:
+                self.items[jid] = item
+        for jid, request in pending_in.items():
+            if request is None:
+                self.pending_in.pop(jid, None)
+            else:
+                self.pending_in[jid] = request
+
     def wire_query(self) -> domish.SerializedXML:
         """The whole roster as a serialised <query/>, built once per version.
 
@@ -149,17 +168,7 @@ class RosterCache:
         d = self.store.write_roster(user, host, version, items, pending_in)
 
         def applied(_):
-            roster.version = version
-            for jid, item in items.items():
-                if item is None:
-                    roster.items.pop(jid, None)
-                else:
-                    roster.items[jid] = item
-            for jid, request in pending_in.items():
-                if request is None:
-                    roster.pending_in.pop(jid, None)
-                else:
-                    roster.pending_in[jid] = request
+            roster.apply(version, items, pending_in)
             if items and self.changed is not None:
                 self.changed(user, host, items)
             return version

@@ -79,18 +79,7 @@ class MemoryStore:
         return defer.succeed(Roster(stored.version, dict(stored.items), dict(stored.pending_in)))
 
     def write_roster(self, user, host, version, items, pending_in):
-        roster = self.rosters.setdefault((user, host), Roster())
-        roster.version = version
-        for jid, item in items.items():
-            if item is None:
-                roster.items.pop(jid, None)
-            else:
-                roster.items[jid] = item
-        for jid, request in pending_in.items():
-            if request is None:
-                roster.pending_in.pop(jid, None)
-            else:
-                roster.pending_in[jid] = request
+        self.rosters.setdefault((user, host), Roster()).apply(version, items, pending_in)
         return defer.succeed(None)
 
     def store_offline(self, user, host, stanza_xml, limit):
