@@ -20,6 +20,7 @@ from support.client import (
     NS_SASL_CB,
     RawClient,
     clark,
+    closed_after,
     sasl_data,
     sasl_xml,
     tls_server_end_point,
@@ -56,15 +57,9 @@ def openssl_client(
 
 @pytest.fixture
 def clients(server: ServerProcess):
-    made: list[RawClient] = []
-
-    def make(direct_tls: bool = False, max_version: int | None = None) -> RawClient:
-        made.append(openssl_client(server, direct_tls, max_version))
-        return made[-1]
-
-    yield make
-    for client in made:
-        client.close()
+    yield from closed_after(
+        lambda direct_tls=False, max_version=None: openssl_client(server, direct_tls, max_version)
+    )
 
 
 def advertised(features) -> tuple[list[str], list[str] | None]:

@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
 import pytest
-from support.client import PRESENCE, RawClient, clark, to_text
+from support.client import PRESENCE, RawClient, clark, closed_after, to_text
 from support.im import body_is, presence
 from support.sasl2 import (
     NS_BIND2,
@@ -44,16 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def clients(server: ServerProcess) -> Iterator:
-    made: list[RawClient] = []
-
-    def make(cls: type[RawClient] = SASL2Client, target: ServerProcess | None = None):
-        client = cls.for_server(target or server)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
+    yield from closed_after(lambda cls=SASL2Client, target=None: cls.for_server(target or server))
 
 
 def success_of(answer: ET.Element) -> ET.Element:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from support.client import RawClient, clark, stream_error_condition, to_text
+from support.client import RawClient, clark, closed_after, stream_error_condition, to_text
 from support.im import User, body_is, presence
 from support.sm import (
     MECHANISM,
@@ -41,16 +41,7 @@ def target(request, tmp_path_factory) -> Iterator[Target]:
 @pytest.fixture
 def clients(target: Target) -> Iterator[Callable[..., Any]]:
     """clients(cls=SMClient): a new unconnected client for the target; all closed at the end."""
-    made: list[RawClient] = []
-
-    def make(cls: type[RawClient] = SMClient) -> Any:
-        client = cls.for_server(target.process)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
+    yield from closed_after(lambda cls=SMClient: cls.for_server(target.process))
 
 
 def mutual(a: RawClient, a_bare: str, b: RawClient, b_bare: str) -> None:

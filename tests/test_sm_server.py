@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from support.client import RawClient, stanza_error, to_text
+from support.client import RawClient, closed_after, stanza_error, to_text
 from support.im import AccountPool, User, body_is, presence
 from support.server import ServerProcess
 from support.sm import (
@@ -45,16 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def clients(server: ServerProcess) -> Iterator:
-    made: list[RawClient] = []
-
-    def make(cls: type[RawClient] = SMClient, target: ServerProcess | None = None):
-        client = cls.for_server(target or server)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
+    yield from closed_after(lambda cls=SMClient, target=None: cls.for_server(target or server))
 
 
 def plain(clients, account, resource: str = "desk", target=None) -> User:

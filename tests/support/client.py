@@ -20,7 +20,7 @@ import ssl
 import time
 import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cryptography import x509
@@ -497,3 +497,16 @@ def sasl_data(element: ET.Element) -> bytes:
 
 def _describe(match: Matcher) -> str:
     return match if isinstance(match, str) else getattr(match, "__name__", repr(match))
+
+
+def closed_after(build: Callable[..., RawClient]) -> Iterator[Callable[..., RawClient]]:
+    """For a fixture: yield a factory of the clients C{build} makes; close each at teardown."""
+    made: list[RawClient] = []
+
+    def make(*args: Any, **kwargs: Any) -> RawClient:
+        made.append(build(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
