@@ -19,6 +19,7 @@ from imserver.s2s.manager import S2SFactory, S2SManager, S2SService
 from imserver.server import Server
 from imserver.storage import open_store
 from imserver.stream.c2s import C2SFactory
+from imserver.stream.tcp import StreamServer
 from imserver.web.site import XMPPResources, make_site
 
 log = Logger()
@@ -94,15 +95,13 @@ def makeService(settings: Settings) -> service.MultiService:
     ServerService(server).setServiceParent(top)
     c2s = settings.c2s
     if c2s.port:
-        internet.TCPServer(c2s.port, C2SFactory(server), interface=c2s.interface).setServiceParent(
-            top
-        )
+        StreamServer(c2s.port, C2SFactory(server), c2s.interface).setServiceParent(top)
     if c2s.direct_tls_port:
-        internet.SSLServer(
+        StreamServer(
             c2s.direct_tls_port,
             C2SFactory(server, direct_tls=True),
-            server_tls.options,
-            interface=c2s.interface,
+            c2s.interface,
+            tls=server_tls.options,
         ).setServiceParent(top)
     http = settings.http
     if http.enabled:
@@ -122,15 +121,13 @@ def makeService(settings: Settings) -> service.MultiService:
         server.router.set_default_route(manager)
         S2SService(manager).setServiceParent(top)
         if s2s.port:
-            internet.TCPServer(
-                s2s.port, S2SFactory(manager), interface=s2s.interface
-            ).setServiceParent(top)
+            StreamServer(s2s.port, S2SFactory(manager), s2s.interface).setServiceParent(top)
         if s2s.direct_tls_port:
-            internet.SSLServer(
+            StreamServer(
                 s2s.direct_tls_port,
                 S2SFactory(manager, direct_tls=True),
-                manager.server_tls,
-                interface=s2s.interface,
+                s2s.interface,
+                tls=manager.server_tls,
             ).setServiceParent(top)
     top.server = server  # for embedders and tests that want to look inside
     return top

@@ -129,3 +129,50 @@ def test_go_client_sends_a_message(server, pool, direct_tls) -> None:
         assert message.get("from", "").startswith(sender + "/")
     finally:
         receiver.close()
+
+
+@pytest.mark.parametrize("mode", ["plain-tcp", "starttls", "direct-tls"])
+def test_more_than_the_socket_takes_arrives_whole_and_in_order(make_server, mode) -> None:
+    """Writes go straight to the socket while it takes them and queue behind what it did not.
+
+    Two hundred answers of 60 KB each, asked for in one write while the
+    client does not read: 12 MB, more than loopback's socket buffers hold, so
+    the rest waits in the server until the client reads.
+    """
+    server = make_server(
+        c2s={"allow_plaintext_on_loopback": True},
+        limits={"max_output_buffer": 64 * 1024 * 1024},
+    )
+    jid, password = server.new_account()
+    client = RawClient.for_server(server)
+    try:
+        if mode == "plain-tcp":
+            client.connect()
+            client.open_stream()
+            client.auth_plain(jid, password)
+            client.open_stream()
+            client.bind()
+        else:
+            client.login(jid, password, direct_tls=mode == "direct-tls")
+        filler = "x" * 60_000
+        client.iq(
+            f"<iq type='set'><query xmlns='jabber:iq:private'>"
+            f"<big xmlns='test:big'>{filler}</big></query></iq>"
+        )
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        client.send(
+            "".join(
+                f"<iq type='get' id='get-{n}'><query xmlns='jabber:iq:private'>"
+                "<big xmlns='test:big'/></query></iq>"
+                for n in range(200)
+            )
+        )
+        time.sleep(0.5)  # the server fills the socket buffers and queues the rest
+        answers = []
+        deadline = time.monotonic() + 30
+        while len(answers) < 200 and time.monotonic() < deadline:
+            answers += client.drain(wait=0.2)
+        assert [a.get("id") for a in answers] == [f"get-{n}" for n in range(200)]
+        assert all(a.findtext(".//{test:big}big") == filler for a in answers)
+    finally:
+        client.close()
