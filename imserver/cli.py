@@ -14,12 +14,13 @@ from pathlib import Path
 
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
-from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.logger import globalLogBeginner
 
 from imserver import config
 from imserver.credentials import make_credentials
 from imserver.errors import ConfigError, StoreError, UserExists, UserNotFound
 from imserver.jid import InvalidFormat, parse_jid
+from imserver.logs import text_observer
 
 DEFAULT_CONFIG = "etc/imserver.toml"
 
@@ -83,7 +84,7 @@ def _run(settings: config.Settings) -> int:
         top = makeService(settings)  # config errors surface here, as one plain line
     except OSError as e:  # e.g. the certificate cannot be written
         raise CommandError(f"{e.filename or 'startup'}: {e.strerror or e}") from None
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([text_observer(sys.stdout)], redirectStandardIO=False)
     try:
         top.startService()
     except CannotListenError as e:

@@ -124,7 +124,7 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         else:
             fixed, stage = _BIND_FEATURE, "bound"
         plugins = (factory(xs) for factory in self.server.stream_features[stage])
-        return _features(fixed, [element.toXml() for element in plugins if element is not None])
+        return _features(fixed, [stanza_bytes(f) for f in plugins if f is not None])
 
     def _channel_bindings(self) -> dict[str, bytes]:
         """What SCRAM-*-PLUS can bind to: the TLS connection under this stream.
@@ -298,11 +298,11 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
             resource = None
         if resource is None or len(resource.encode()) > 1023:
             error = lang.labelled(StanzaError("bad-request", text="invalid resource"))
-            return xs.send(error.toResponse(iq))
+            return xs.send_stanza(error.toResponse(iq))
         session = self.bind_resource(resource or secrets.token_hex(6))
         result = xmlstream.toResponse(iq, "result")
         result.addElement((NS_BIND, "bind")).addElement("jid", content=session.full)
-        xs.send(result)
+        xs.send_stanza(result)
 
     def bind_resource(self, resource: str) -> Session:
         """Bind a valid, prepared resource to this stream, replacing a session that had it."""
@@ -666,7 +666,7 @@ def _preauth_features(
 
 def _features(fixed: bytes, plugins) -> bytes:
     return b"".join(
-        (b"<stream:features>", fixed, *(p.encode() for p in plugins), b"</stream:features>")
+        (b"<stream:features>", fixed, *plugins, b"</stream:features>")
     )
 
 
