@@ -18,6 +18,7 @@ from imserver.interfaces import IFeature, ISessionRegistry, IStore
 from imserver.privacy import PrivacyEngine
 from imserver.roster import RosterCache
 from imserver.router import Router
+from imserver.serialize import stanza_bytes
 from imserver.session import Session, SessionRegistry
 from imserver.stream.limits import ConnectionTally
 from imserver.stream.throttle import AuthThrottle
@@ -81,6 +82,7 @@ class Server:
             "sasl2": [],
             "bind2": [],
         }
+        self._feature_bytes: dict[tuple, bytes] = {}
         self.ready: defer.Deferred = defer.Deferred()
         self._options: dict[str, OptionReader] = {}
         self.plugins = load_plugins(settings.plugins)
@@ -99,8 +101,25 @@ class Server:
         return reader
 
     def add_stream_feature(self, stage: str, factory: FeatureFactory) -> None:
-        """Offer a stream feature at C{stage}: "preauth", "bound", "sasl2" or "bind2"."""
+        """Offer a stream feature at C{stage}: "preauth", "bound", "sasl2" or "bind2".
+
+        C{factory(stream)} returns the feature's element, or None to offer
+        nothing. What it returns may depend only on whether the stream is
+        secure and, before SASL, on the mechanisms the stream offers: the
+        features are serialised once for each such kind of stream (see
+        L{feature_bytes}), as every login needs them twice.
+        """
         self.stream_features[stage].append(factory)
+
+    def feature_bytes(self, stage: str, stream, mechanisms: tuple[str, ...] = ()) -> bytes:
+        """The plugins' stream features of C{stage} for C{stream}, serialised."""
+        key = (stage, stream.secure, mechanisms)
+        features = self._feature_bytes.get(key)
+        if features is None:
+            elements = (factory(stream) for factory in self.stream_features[stage])
+            features = b"".join(stanza_bytes(e) for e in elements if e is not None)
+            self._feature_bytes[key] = features
+        return features
 
     def when_ready(self) -> defer.Deferred:
         """Fire once the store is open (immediately afterwards)."""

@@ -274,7 +274,9 @@ class _TLS:
 
 class _Server:
     tls = _TLS()
-    stream_features: dict = {"preauth": [], "bound": []}
+
+    def feature_bytes(self, stage, stream, mechanisms=()) -> bytes:
+        return b""  # no plugins
 
 
 def test_no_plus_when_the_tls_connection_is_out_of_reach():

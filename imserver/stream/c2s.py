@@ -107,24 +107,22 @@ class C2SAuthenticator(xmlstream.ListenAuthenticator):
         xs.send(self.features())
 
     def features(self) -> bytes:
-        """<stream:features/>: our own part is built once per kind of stream, plugins' each time."""
+        """<stream:features/>: ours, then the plugins' (both made once per kind of stream)."""
         xs = self.xs
+        plugins = b""
         if self.username is None:
             starttls = not xs.secure and self.server.tls is not None and xs.can_starttls
             if not (xs.secure or xs.plaintext_allowed):
-                return _features(_preauth_features(starttls, True, None, ()), ())
-            self.offer = sasl.make_offer(True, self._channel_bindings())
-            fixed = _preauth_features(
-                starttls,
-                not xs.plaintext_allowed,
-                self.offer.mechanisms,
-                tuple(self.offer.bindings),
-            )
-            stage = "preauth"
+                ours = _preauth_features(starttls, True, None, ())
+            else:
+                self.offer = offer = sasl.make_offer(True, self._channel_bindings())
+                ours = _preauth_features(
+                    starttls, not xs.plaintext_allowed, offer.mechanisms, tuple(offer.bindings)
+                )
+                plugins = self.server.feature_bytes("preauth", xs, offer.mechanisms)
         else:
-            fixed, stage = _BIND_FEATURE, "bound"
-        plugins = (factory(xs) for factory in self.server.stream_features[stage])
-        return _features(fixed, [stanza_bytes(f) for f in plugins if f is not None])
+            ours, plugins = _BIND_FEATURE, self.server.feature_bytes("bound", xs)
+        return b"".join((b"<stream:features>", ours, plugins, b"</stream:features>"))
 
     def _channel_bindings(self) -> dict[str, bytes]:
         """What SCRAM-*-PLUS can bind to: the TLS connection under this stream.
@@ -662,12 +660,6 @@ def _preauth_features(
                 f"<sasl-channel-binding xmlns='{NS_SASL_CB}'>{types}</sasl-channel-binding>"
             )
     return "".join(parts).encode()
-
-
-def _features(fixed: bytes, plugins) -> bytes:
-    return b"".join(
-        (b"<stream:features>", fixed, *plugins, b"</stream:features>")
-    )
 
 
 def _later(delay: float) -> defer.Deferred:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from OpenSSL import SSL
 from twisted.internet import defer
@@ -85,13 +86,19 @@ def channel_bindings(connection: SSL.Connection, server_end_point: bytes) -> dic
 
 
 def prep_username(raw: str) -> str:
-    try:
-        username = nodeprep.prepare(raw)
-    except UnicodeError:
-        raise SASLFailure("not-authorized") from None
+    username = _nodeprep(raw)
     if not username or len(username.encode()) > 1023:
         raise SASLFailure("not-authorized")
     return username
+
+
+@lru_cache(maxsize=10_000)
+def _nodeprep(raw: str) -> str | None:
+    """Nodeprep, remembered: Twisted's is pure Python, and the same users log in all day."""
+    try:
+        return nodeprep.prepare(raw)
+    except UnicodeError:
+        return None
 
 
 def _check_authzid(authzid: str, username: str, host: str) -> None:
