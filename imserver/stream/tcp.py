@@ -43,6 +43,7 @@ def _send(connection: FileDescriptor, data: bytes) -> None:
     if (
         connection.connected
         and not connection.disconnecting
+        and not connection._aborting
         and not connection._writeDisconnected
         and not connection._tempDataBuffer
         and connection.offset == len(connection.dataBuffer)
@@ -121,6 +122,10 @@ class StreamConnection(tcp.Server):
     def loseConnection(self) -> None:
         self.flush()
         super().loseConnection()
+
+    def abortConnection(self) -> None:
+        self._pending = None  # an abort sends nothing more
+        super().abortConnection()
 
     def startTLS(self, ctx, normal: bool = True) -> None:
         self.flush()  # e.g. <proceed/>: in the clear, before the handshake
