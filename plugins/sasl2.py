@@ -214,7 +214,7 @@ class SASL2:
         if stream.closed:
             return None
         if isinstance(result, sasl.Challenge):
-            stream.send_bytes(_with_data("challenge", result.data).toXml().encode())
+            stream.send_stanza(_with_data("challenge", result.data))
             return None
         return self._succeed(stream, attempt, result)
 
@@ -232,7 +232,7 @@ class SASL2:
         element.addElement((NS_SASL, failure.condition))
         if failure.text:
             element.addElement("text", content=failure.text)[lang.XML_LANG] = lang.DEFAULT
-        stream.send_bytes(element.toXml().encode())
+        stream.send_stanza(element)
         stream.authenticator.count_failure(failure.condition)
         return True
 
@@ -260,7 +260,7 @@ class SASL2:
             success.addChild(answer)
         if token is not None:
             success.addChild(token)
-        stream.send_bytes(success.toXml().encode())
+        stream.send_stanza(success)
 
     def _inline(self, stream, requests: list[domish.Element]) -> list[domish.Element]:
         """Answer the inline requests: a resumption first; a bind only if it did not resume."""
