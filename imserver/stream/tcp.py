@@ -149,7 +149,8 @@ class _TLSPort(tcp.Port):
 
 
 class StreamServer(service.Service):
-    """Listen for XMPP streams on C{port}, over TLS from the first byte when C{tls} is given.
+    """Listen on C{port} for XMPP streams (c2s, s2s, or HTTP carrying WebSocket and BOSH),
+    over TLS from the first byte when C{tls} is given.
 
     The counterpart of C{internet.TCPServer} and C{internet.SSLServer} for
     our stream factories, with L{StreamConnection}s as transports.
