@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 
-from twisted.application import internet, service
+from twisted.application import service
 from twisted.internet import defer, reactor
 from twisted.logger import Logger
 
@@ -107,14 +107,12 @@ def makeService(settings: Settings) -> service.MultiService:
     if http.enabled:
         site = make_site(XMPPResources(server), max_body=2 * settings.limits.max_stanza_size)
         if http.port:
-            internet.TCPServer(http.port, site, interface=http.interface).setServiceParent(top)
+            StreamServer(http.port, site, http.interface).setServiceParent(top)
         if http.tls_port:
             options = server_tls.options
             if http.certificate is not None:
                 options = tls.load(TLSSettings(http.certificate, http.key)).options
-            internet.SSLServer(
-                http.tls_port, site, options, interface=http.interface
-            ).setServiceParent(top)
+            StreamServer(http.tls_port, site, http.interface, tls=options).setServiceParent(top)
     s2s = settings.s2s
     if s2s.enabled:
         manager = S2SManager(server, s2s, settings.tls.certificate, settings.tls.key)

@@ -149,10 +149,11 @@ class _TLSPort(tcp.Port):
 
 
 class StreamServer(service.Service):
-    """Listen for XMPP streams on C{port}, over TLS from the first byte when C{tls} is given.
+    """Listen on C{port} for XMPP streams: c2s, s2s, or HTTP carrying WebSocket and BOSH.
 
-    The counterpart of C{internet.TCPServer} and C{internet.SSLServer} for
-    our stream factories, with L{StreamConnection}s as transports.
+    Over TLS from the first byte when C{tls} is given. The counterpart of
+    C{internet.TCPServer} and C{internet.SSLServer}, with L{StreamConnection}s
+    as transports.
     """
 
     def __init__(self, port: int, factory: IProtocolFactory, interface: str = "", tls=None) -> None:
