@@ -209,5 +209,5 @@ def test_a_resumed_stream_starts_active(clients, server: ServerProcess) -> None:
     assert phone.resume().tag == sm("resumed")
     phone.expect(presence(laptop.client.jid))  # held before: re-sent at once
     laptop.send("<presence><show>xa</show></presence>")
-    update = phone.expect(presence(laptop.client.jid), timeout=2)
+    update = phone.expect(presence(laptop.client.jid))
     assert update.findtext(clark("jabber:client", "show")) == "xa"
