@@ -76,6 +76,8 @@ _DEFAULT_TYPE = {"message": "normal", "presence": "available", "iq": ""}
 HOOKS = frozenset(
     (
         "session-bound",
+        # session-resumed(session): a stream-managed session moved onto a new stream.
+        "session-resumed",
         "initial-presence",
         "reachable",
         "pre-session-ended",

@@ -25,8 +25,12 @@ class Session:
 
     C{stream} is whatever carries the session (an L{ISessionStream}: c2s,
     WebSocket, BOSH). Every stanza for the client goes through it, so a
-    feature may put a wrapper in its place to see each one (stream
-    management counts and keeps them for resumption).
+    feature may put a wrapper in its place to see each one; a wrapper names
+    what it wraps C{inner}, down to the transport. One that must see exactly
+    what reaches the wire (stream management counts and keeps it for
+    resumption) goes directly above the transport, under any other
+    (L{wrap_transport}); one that may keep stanzas back (client state) goes
+    on top.
     """
 
     __slots__ = (
@@ -88,6 +92,31 @@ class Session:
     def send_bytes(self, data: bytes) -> None:
         """Send an already serialised stanza (broadcasts serialise once)."""
         self.stream.send_bytes(data)
+
+    @property
+    def transport(self) -> ISessionStream:
+        """The stream at the bottom of the chain of wrappers."""
+        stream = self.stream
+        while getattr(stream, "inner", None) is not None:
+            stream = stream.inner
+        return stream
+
+    def wrap_transport(self, wrapper: ISessionStream) -> None:
+        """Put C{wrapper}, whose C{inner} is L{transport}, directly above it."""
+        self._replace(wrapper.inner, wrapper)
+
+    def unwrap(self, wrapper: ISessionStream) -> None:
+        """Take C{wrapper} out of the chain: what it wraps takes its place."""
+        self._replace(wrapper, wrapper.inner)
+
+    def _replace(self, old: ISessionStream, new: ISessionStream) -> None:
+        if self.stream is old:
+            self.stream = new
+            return
+        stream = self.stream
+        while stream.inner is not old:
+            stream = stream.inner
+        stream.inner = new
 
     def __repr__(self) -> str:
         return f"<Session {self.full}>"

@@ -7,10 +7,12 @@ held, so order is kept where it matters. <active/> flushes too, as does
 reaching C{max_held} senders: nothing is held without bound, nothing dropped
 but superseded presence and chat states.
 
-The holding is done by a L{HeldStream} put just above the transport, under
-any other wrapper (stream management counts a held stanza as sent, and on
-resumption re-sends it over the new transport, where the client starts
-active again: XEP-0352 §5.2, the state is not restored on resumption).
+The holding is done by a L{HeldStream} on top of the session's chain of
+streams, above stream management's, so what is held is counted only once it
+is sent and what is dropped is never counted (XEP-0198 §4: the counts are of
+stanzas handled). A resumed session starts active (XEP-0352 §5.2: the state
+is not restored on resumption): on the C{session-resumed} hook what is held
+is sent on the new stream and the holding stops.
 """
 
 from __future__ import annotations
@@ -109,21 +111,6 @@ def _inline_feature(stream) -> domish.Element:
     return feature
 
 
-def _chain(session):
-    """(parent, stream) pairs from the session's stream down to the transport."""
-    parent, stream = None, session.stream
-    while stream is not None:
-        yield parent, stream
-        parent, stream = stream, getattr(stream, "inner", None)
-
-
-def _replace(session, parent, new) -> None:
-    if parent is None:
-        session.stream = new
-    else:
-        parent.inner = new
-
-
 @implementer(IPlugin, IFeature)
 class ClientStateIndication:
     name = "csi"
@@ -137,22 +124,26 @@ class ClientStateIndication:
         for kind in ("stream", "inline"):  # inline: in a Bind2 request (XEP-0386)
             server.dispatcher.on((kind, NS_CSI, "inactive"), self.inactive)
             server.dispatcher.on((kind, NS_CSI, "active"), self.active)
+        # XEP-0352 §5.2: "the CSI state is not restored" on resumption.
+        server.dispatcher.hook("session-resumed", self._activate)
 
     def inactive(self, event) -> bool:
-        pairs = list(_chain(event.origin))
-        if any(isinstance(stream, HeldStream) for _, stream in pairs):
-            return True  # already inactive
-        parent, transport = pairs[-1]
-        _replace(event.origin, parent, HeldStream(transport, self.max_held))
+        session = event.origin
+        if self.name not in session.extra:  # else already inactive
+            held = HeldStream(session.stream, self.max_held)
+            session.stream = session.extra[self.name] = held
         return True
 
     def active(self, event) -> bool:
-        for parent, stream in _chain(event.origin):
-            if isinstance(stream, HeldStream):
-                stream.flush()
-                _replace(event.origin, parent, stream.inner)
-                break
+        self._activate(event.origin)
         return True
+
+    def _activate(self, session) -> None:
+        """Send what is held and stop holding."""
+        held = session.extra.pop(self.name, None)
+        if held is not None:
+            held.flush()
+            session.unwrap(held)
 
 
 feature = ClientStateIndication()

@@ -1,17 +1,20 @@
 """XEP-0198 stream management (urn:xmpp:sm:3): acks both ways, and stream resumption.
 
-After <enable/>, the session's stream is wrapped in an L{AckedStream}: each
-stanza for the client is counted and kept, serialised once, until the client
-acknowledges it; the server asks with one <r/> at a time, once C{request_after}
-stanzas wait (at the end of the burst) or C{ack_delay} seconds after the first.
+After <enable/>, an L{AckedStream} goes directly above the session's
+transport, under any other wrapper (client state holds stanzas back above
+it), so it sees exactly what reaches the wire: each stanza for the client is
+counted and kept, serialised once, until the client acknowledges it; the
+server asks with one <r/> at a time, once C{request_after} stanzas wait (at
+the end of the burst) or C{ack_delay} seconds after the first.
 The client's count is the session's C{stanzas_in}.
 
 When the connection drops or goes silent (not when the client closes its
 stream), a resumable session stays bound, and available to its contacts, for
 up to C{resume_timeout} seconds while stanzas for it are queued. <resume/>
 (after SASL, before bind: a C{("negotiate", ...)} event) moves it onto the new
-stream and re-sends what the client did not acknowledge; a second resume takes
-it from the first new stream, which gets a conflict stream error.
+stream and re-sends what the client did not acknowledge, then fires the
+C{session-resumed} hook; a second resume takes it from the first new stream,
+which gets a conflict stream error.
 
 When a managed session ends for good, the unacknowledged stanzas are treated
 as stanzas for an unavailable resource (XEP-0198 §4): see
@@ -27,8 +30,9 @@ without reading the clock per stanza: a stream notes the time at its first
 stanza of each L{StreamManagement.epoch}, which advances every second.
 
 The client state (XEP-0352) is not carried over a resumption: a resumed
-stream starts active (XEP-0352 §5.2, "the CSI state is not restored"), so
-what was held for the old connection is re-sent on the new one at once.
+stream starts active (XEP-0352 §5.2, "the CSI state is not restored"); the
+client state plugin, on C{session-resumed}, sends what it held on the new
+stream at once.
 """
 
 from __future__ import annotations
@@ -255,7 +259,7 @@ class AckedStream:
 
     def request_ack(self) -> None:
         """Ask for an ack of everything sent so far; one <r/> in flight at a time."""
-        self._ask, self._ask_soon = None, False
+        self._cancel_ask()
         if self.inner is not None and self.queue and not self.awaiting_ack:
             self.awaiting_ack = True
             self.inner.send_bytes(_R)
@@ -276,8 +280,8 @@ class AckedStream:
     def attach(self, transport) -> None:
         """Carry on over C{transport}: re-send what the client has not acknowledged.
 
-        Each is re-sent with a <delay/> from when it was first queued. The new
-        transport is not wrapped by the old one's client state (XEP-0352 §5.2).
+        Each is re-sent with a <delay/> from when it was first queued. Asking
+        for an ack is left to the caller (after what others send on resumption).
         """
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
@@ -289,7 +293,6 @@ class AckedStream:
         host = self.session.host
         for data, queued in self.stamped():
             transport.send_bytes(resent(data, queued, host))
-        self.request_ack()
 
     def close(self) -> list[tuple[bytes, float]]:
         """Stop for good; return what was never acknowledged, with when it was queued."""
@@ -306,13 +309,6 @@ class AckedStream:
         if self._ask is not None and self._ask.active():
             self._ask.cancel()
         self._ask, self._ask_soon = None, False
-
-
-def _transport(stream):
-    """The connection at the bottom of a chain of wrappers (each names its own C{inner})."""
-    while getattr(stream, "inner", None) is not None:
-        stream = stream.inner
-    return stream
 
 
 @implementer(IPlugin, IFeature)
@@ -376,7 +372,8 @@ class StreamManagement:
 
     def enable(self, event) -> bool:
         session = event.origin
-        _send(session.stream, self._enable(session, event.stanza))
+        answer = self._enable(session, event.stanza)
+        _send(session.transport, answer)
         return True
 
     def enable_inline(self, event) -> bool:
@@ -388,9 +385,9 @@ class StreamManagement:
         """Start managing C{session}'s stream; the <enabled/> (or <failed/>) to answer with."""
         if "sm" in session.extra:
             return _failed("unexpected-request")
-        acked = AckedStream(self, session, session.stream)
+        acked = AckedStream(self, session, session.transport)
         session.extra["sm"] = acked
-        session.stream = acked
+        session.wrap_transport(acked)
         enabled = _element("enabled")
         if enable.getAttribute("resume") in ("true", "1"):
             acked.token = secrets.token_urlsafe(18)
@@ -414,7 +411,7 @@ class StreamManagement:
         return True
 
     def resume_too_late(self, event) -> bool:
-        _send(event.origin.stream, _failed("unexpected-request"))  # this stream has a session
+        _send(event.origin.transport, _failed("unexpected-request"))  # this stream has a session
         return True
 
     def answer_request(self, event) -> bool:
@@ -456,7 +453,7 @@ class StreamManagement:
         answer, acked = self._resume(stream, event.stanza, event.sender.userhost())
         _send(stream, answer)
         if acked is not None:
-            acked.attach(stream)
+            self._attach(acked, stream)
         return True
 
     def resume_inline(self, event) -> bool:
@@ -471,10 +468,16 @@ class StreamManagement:
             reactor.callLater(0, self._attach_later, acked, event.stream)
         return True
 
-    @staticmethod
-    def _attach_later(acked: AckedStream, stream) -> None:
+    def _attach_later(self, acked: AckedStream, stream) -> None:
         if not acked.ended and stream.session is acked.session:
-            acked.attach(stream)
+            self._attach(acked, stream)
+
+    def _attach(self, acked: AckedStream, stream) -> None:
+        """Carry the session on over C{stream}; then what the session-resumed
+        hook sends (what the client state held), then an <r/> for all of it."""
+        acked.attach(stream)
+        self.server.dispatcher.fire("session-resumed", acked.session)
+        acked.request_ack()
 
     def _resume(self, stream, element: domish.Element, bare: str):
         """Take a waiting (or still connected) session onto C{stream}.
@@ -489,7 +492,7 @@ class StreamManagement:
         h = _counter(element)
         if h is None:
             return _failed("bad-request", acked.handled), None
-        old = _transport(acked.inner) if acked.inner is not None else None
+        old = acked.inner
         if old is not None:
             old.session = None  # the old stream closes without ending the session
             old.fail("conflict", "the session was resumed on another stream")

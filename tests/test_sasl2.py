@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from support.client import PRESENCE, RawClient, clark, closed_after, to_text
-from support.im import body_is, presence
+from support.im import User, body_is, presence
 from support.sasl2 import (
     NS_BIND2,
     NS_FAST,
@@ -24,7 +24,17 @@ from support.sasl2 import (
     token_of,
 )
 from support.server import ServerProcess
-from support.sm import MECHANISM, NS_SM, PLUGINS, chat_to, come_online, received_bodies, sm
+from support.sm import (
+    MECHANISM,
+    NS_SM,
+    PLUGINS,
+    assert_resumed_without_repeats,
+    chat_to,
+    come_online,
+    received_bodies,
+    sm,
+    superseded_updates_then_chat,
+)
 
 NS_CSI = "urn:xmpp:csi:0"
 NS_CARBONS = "urn:xmpp:carbons:2"
@@ -96,6 +106,38 @@ def test_one_exchange_authenticates_binds_and_enables_sm(clients, pool) -> None:
     assert not [e for e in client.drain(0.3) if e.tag == PRESENCE]
     client.send(f"<active xmlns='{NS_CSI}'/>")
     client.expect(presence(jid))
+
+
+@pytest.mark.parametrize(
+    "requests",
+    [
+        f"<enable xmlns='{NS_SM}' resume='true'/><inactive xmlns='{NS_CSI}'/>",
+        f"<inactive xmlns='{NS_CSI}'/><enable xmlns='{NS_SM}' resume='true'/>",
+    ],
+    ids=["enable-first", "inactive-first"],
+)
+def test_inline_sm_counts_only_what_the_client_state_sends(clients, pool, requests: str) -> None:
+    """Whichever order the inline requests come in, a presence update held and
+    superseded while inactive is not counted: nothing comes twice on resumption."""
+    alice_account, bob_account = pool.take(2)
+    phone: SASL2Client = clients()
+    phone.start()
+    inline = f"<bind xmlns='{NS_BIND2}'><tag>phone</tag>{requests}</bind>"
+    success = success_of(phone.scram(*alice_account, inline=inline))
+    phone.jid = success.findtext(sasl2("authorization-identifier"))
+    phone.sm_id = success.find(f"{{{NS_BIND2}}}bound/{sm('enabled')}").get("id")
+    phone.counting = True
+    phone.iq("<iq type='get'><query xmlns='jabber:iq:roster'/></iq>")
+    phone.send("<presence/>")  # its echo is held: inactive from the start
+    laptop = clients(RawClient)
+    laptop.login(*alice_account, "laptop", MECHANISM)
+    come_online(laptop)
+    bob = clients(RawClient)
+    bob.login(*bob_account, "desk", MECHANISM)
+    superseded_updates_then_chat(
+        phone, User(laptop, *alice_account), User(bob, *bob_account), "one"
+    )
+    assert_resumed_without_repeats(phone, alice_account, body_is("one"), presence(laptop.jid))
 
 
 def test_carbons_enabled_inline(clients, pool) -> None:

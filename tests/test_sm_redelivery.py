@@ -22,16 +22,19 @@ from support.sm import (
     MECHANISM,
     PLUGINS,
     SMClient,
+    assert_resumed_without_repeats,
     chat_to,
     come_online,
     received_bodies,
     sm,
     sm_online,
+    superseded_updates_then_chat,
 )
 
 RESUME_TIMEOUT = 4
 NS_DELAY = "urn:xmpp:delay"
 NS_CARBONS = "urn:xmpp:carbons:2"
+INACTIVE = "<inactive xmlns='urn:xmpp:csi:0'/>"
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +202,8 @@ def test_a_resumed_stream_starts_active(clients, server: ServerProcess) -> None:
     phone = sm_online(clients, alice_account)
     laptop = desk(clients, alice_account)
     phone.expect(presence(laptop.client.jid))
-    phone.send("<inactive xmlns='urn:xmpp:csi:0'/>")
+    phone.send(INACTIVE)
+    phone.request()  # taken before the laptop's update (an <r/> flushes nothing)
     laptop.send("<presence><show>away</show></presence>")
     laptop.sync()
     # Held (no ping here: an iq would flush what is held).
@@ -211,3 +215,49 @@ def test_a_resumed_stream_starts_active(clients, server: ServerProcess) -> None:
     laptop.send("<presence><show>xa</show></presence>")
     update = phone.expect(presence(laptop.client.jid))
     assert update.findtext(clark("jabber:client", "show")) == "xa"
+
+
+def inactive_phone(clients, account, order: str) -> tuple[SMClient, User]:
+    """A stream-managed phone that went inactive (XEP-0352) before or after <enable/>,
+    and the account's laptop, whose presence it has."""
+    phone: SMClient = clients()
+    phone.login(account[0], account[1], "phone", MECHANISM)
+    if order == "enable-first":
+        assert phone.enable().tag == sm("enabled")
+    come_online(phone)
+    laptop = desk(clients, account)
+    phone.expect(presence(laptop.client.jid))
+    phone.send(INACTIVE)
+    if order == "inactive-first":
+        assert phone.enable().tag == sm("enabled")
+    else:
+        phone.request()  # a round trip: the server has taken <inactive/>
+    return phone, laptop
+
+
+@pytest.mark.parametrize("order", ["enable-first", "inactive-first"])
+def test_updates_dropped_while_inactive_are_not_resent_on_resumption(
+    clients, server: ServerProcess, order: str
+) -> None:
+    """Stream management counts what reaches the wire: a presence update the
+    client state superseded is neither counted nor kept, so acking all it got
+    leaves nothing to send again."""
+    alice_account, bob_account = server.new_account(), server.new_account()
+    phone, laptop = inactive_phone(clients, alice_account, order)
+    bob = desk(clients, bob_account)
+    superseded_updates_then_chat(phone, laptop, bob, "once")
+    assert_resumed_without_repeats(phone, alice_account, body_is("once"), presence(laptop.jid))
+
+
+def test_updates_dropped_while_inactive_leave_nothing_to_reroute(
+    clients, server: ServerProcess
+) -> None:
+    """The same when the session ends: the message the client acknowledged is
+    not delivered again to another resource."""
+    alice_account, bob_account = server.new_account(), server.new_account()
+    phone, laptop = inactive_phone(clients, alice_account, "enable-first")
+    bob = desk(clients, bob_account)
+    superseded_updates_then_chat(phone, laptop, bob, "acked")
+    phone.close()
+    gone(laptop, phone.jid)
+    laptop.assert_nothing(body_is("acked"), wait=0.5)

@@ -15,6 +15,7 @@ from support.im import AccountPool, User, body_is, presence
 from support.server import ServerProcess
 from support.sm import (
     MECHANISM,
+    NS_SM,
     PLUGINS,
     SMClient,
     chat_to,
@@ -152,6 +153,24 @@ class _Manager:
 
 class _Session:
     stanzas_in = 0
+
+
+def test_answers_to_misplaced_requests_are_not_counted(clients, pool: AccountPool) -> None:
+    """A <failed/> for a second <enable/> or for a <resume/> on a bound stream is
+    not a stanza (XEP-0198 §4 counts stanzas): not counted, so not sent again."""
+    (account,) = pool.take(1)
+    alice = sm_online(clients, account)
+    alice.send(f"<enable xmlns='{NS_SM}' resume='true'/>")
+    alice.expect(sm("failed"))
+    alice.send(f"<resume xmlns='{NS_SM}' previd='{alice.sm_id}' h='{alice.handled}'/>")
+    alice.expect(sm("failed"))
+    alice.ack()
+    alice.request()
+    alice.drop()
+    alice.reconnect(*account)
+    assert alice.resume().tag == sm("resumed")
+    again = [e for e in alice.drain(0.5) if e.tag == sm("failed")]
+    assert not again, [to_text(e) for e in again]
 
 
 def test_counters_wrap_at_2_to_the_32() -> None:

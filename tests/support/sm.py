@@ -22,7 +22,7 @@ import pytest
 
 from support.ca import TestCA
 from support.client import IQ, MESSAGE, NS_CLIENT, PRESENCE, RawClient, clark, to_text
-from support.im import User, presence
+from support.im import User, body_is, presence
 from support.prosody import DEFAULT_MODULES, ProsodyProcess
 from support.server import ServerProcess
 from support.tools import needs
@@ -152,6 +152,30 @@ def come_online(client: RawClient) -> None:
     assert result.get("type") == "result", to_text(result)
     client.send("<presence/>")
     client.expect(presence(client.jid))
+
+
+def superseded_updates_then_chat(phone: SMClient, laptop: User, bob: User, text: str) -> None:
+    """While C{phone} is inactive (XEP-0352), C{laptop} changes its presence three times
+    (the server holds the last and drops the others), then C{bob} chats: the held
+    update and the message arrive, and the phone acknowledges all it received."""
+    for show in ("away", "xa", "dnd"):
+        laptop.send(f"<presence><show>{show}</show></presence>")
+    laptop.sync()
+    chat_to(bob, phone.jid, text)
+    phone.expect(body_is(text))
+    updates = [e for e in phone.drain(0.2) if presence(laptop.client.jid)(e)]
+    assert [e.findtext(clark(NS_CLIENT, "show")) for e in updates] == ["dnd"]
+    phone.ack()
+    phone.request()  # a round trip: the ack has been taken
+
+
+def assert_resumed_without_repeats(phone: SMClient, account, *repeats: Callable) -> None:
+    """Drop C{phone}'s connection and resume: none of C{repeats} may arrive again."""
+    phone.drop()
+    phone.reconnect(*account)
+    assert phone.resume().tag == sm("resumed")
+    again = [e for e in phone.drain(0.5) if any(repeat(e) for repeat in repeats)]
+    assert not again, [to_text(e) for e in again]
 
 
 def plain_online(clients, account) -> User:
