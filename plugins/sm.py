@@ -25,9 +25,7 @@ Stanzas sent again, on resumption or to another resource or offline storage
 after the session ended, carry a XEP-0203 <delay/> stamped with the time the
 server first queued them (XEP-0198 §4: "servers SHOULD add a delay element
 with the original (failed) delivery timestamp"); iq stanzas are re-sent as
-they were. The queue keeps that time to the second, as the stamp does,
-without reading the clock per stanza: a stream notes the time at its first
-stanza of each L{StreamManagement.epoch}, which advances every second.
+they were. The queue keeps that time with each stanza.
 
 The client state (XEP-0352) is not carried over a resumption: a resumed
 stream starts active (XEP-0352 §5.2, "the CSI state is not restored"); the
@@ -42,7 +40,7 @@ import time
 from collections import deque
 from datetime import UTC, datetime
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.words.protocols.jabber.error import StanzaError
@@ -146,16 +144,11 @@ class AckedStream:
         self.manager = manager
         self.session = session
         self.inner = inner
-        #: Serialised stanzas sent and not yet acknowledged, oldest first.
-        self.queue: deque[bytes] = deque()
+        #: Serialised stanzas sent and not yet acknowledged, oldest first, each
+        #: with the time it was first queued.
+        self.queue: deque[tuple[bytes, float]] = deque()
         #: The client's last 'h': how many stanzas it has handled (mod 2^32).
         self.acked = 0
-        #: Stanzas acknowledged since <enable/>, not wrapped: the number of queue[0].
-        self.dropped = 0
-        #: (number of a stanza, time): it and those after it were queued at about
-        #: that time, to the next mark. One per epoch in which stanzas were sent.
-        self.marks: deque[tuple[int, float]] = deque()
-        self.epoch = -1
         self.base_in = session.stanzas_in
         self.token: str | None = None
         self.max = 0
@@ -180,9 +173,7 @@ class AckedStream:
     def send_bytes(self, data: bytes) -> None:
         if self.ended:
             return
-        self.queue.append(data)
-        if self.epoch != self.manager.epoch:
-            self._mark()
+        self.queue.append((data, time.time()))
         if self.inner is not None:
             self.inner.send_bytes(data)
             if not self.awaiting_ack:
@@ -204,24 +195,6 @@ class AckedStream:
 
     # -- counting ------------------------------------------------------------
 
-    def _mark(self) -> None:
-        """Note the time of the stanza just queued, the first of this epoch."""
-        self.epoch = self.manager.epoch
-        self.marks.append((self.dropped + len(self.queue) - 1, time.time()))
-
-    def stamped(self) -> list[tuple[bytes, float]]:
-        """The unacknowledged stanzas, each with the time it was first queued."""
-        marks = self.marks
-        found, current = 0, marks[0][1] if marks else time.time()
-        result = []
-        for offset, data in enumerate(self.queue):
-            number = self.dropped + offset
-            while found + 1 < len(marks) and marks[found + 1][0] <= number:
-                found += 1
-                current = marks[found][1]
-            result.append((data, current))
-        return result
-
     @property
     def handled(self) -> int:
         """How many stanzas of the client's we handled (the 'h' we report)."""
@@ -239,10 +212,6 @@ class AckedStream:
         for _ in range(count):
             self.queue.popleft()
         self.acked = h
-        self.dropped += count
-        marks = self.marks
-        while len(marks) > 1 and marks[1][0] <= self.dropped:
-            marks.popleft()
         return True
 
     def _plan_request(self) -> None:
@@ -291,7 +260,7 @@ class AckedStream:
         self.peer_address = transport.peer_address
         self.awaiting_ack = False
         host = self.session.host
-        for data, queued in self.stamped():
+        for data, queued in self.queue:
             transport.send_bytes(resent(data, queued, host))
 
     def close(self) -> list[tuple[bytes, float]]:
@@ -301,8 +270,7 @@ class AckedStream:
         self._cancel_ask()
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
-        unacked = self.stamped()
-        self.queue, self.marks = deque(), deque()
+        unacked, self.queue = list(self.queue), deque()
         return unacked
 
     def _cancel_ask(self) -> None:
@@ -332,11 +300,6 @@ class StreamManagement:
         #: ...or when fewer have waited this many seconds.
         self.ack_delay = options.number("ack_delay", 1.0)
         self.resumable: dict[str, AckedStream] = {}
-        #: Advances every second, and when a resource is bound or becomes reachable,
-        #: so a stream notes the time of its next stanza (see L{AckedStream.stamped}).
-        self.epoch = 0
-        self._ticker = task.LoopingCall(self._advance)
-        server.when_ready().addCallback(lambda _: self._ticker.start(1.0, now=False))
         #: Re-deliveries still being stored (shutdown waits for them).
         self.pending: set[defer.Deferred] = set()
         server.add_stream_feature("bound", lambda stream: _element("sm"))
@@ -357,16 +320,11 @@ class StreamManagement:
         dispatcher.hook("session-ended", self.session_ended)
         dispatcher.hook("server-stopping", self.stopping)
 
-    def _advance(self) -> None:
-        self.epoch += 1
-
     def bound(self, session) -> None:
         session.extra[BOUND_SINCE] = time.time()
-        self.epoch += 1  # stanzas queued from now on are known to come after it
 
     def reachable(self, session) -> None:
         session.extra[REACHABLE_SINCE] = time.time()
-        self.epoch += 1
 
     # -- enabling and acks ---------------------------------------------------
 
@@ -637,8 +595,6 @@ class StreamManagement:
 
     def stopping(self):
         """server-stopping: end the sessions waiting for resumption; wait for the writes."""
-        if self._ticker.running:
-            self._ticker.stop()
         for acked in list(self.resumable.values()):
             if acked.inner is None:
                 self.end(acked)

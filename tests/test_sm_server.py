@@ -176,7 +176,7 @@ def test_answers_to_misplaced_requests_are_not_counted(clients, pool: AccountPoo
 def test_counters_wrap_at_2_to_the_32() -> None:
     acked = AckedStream(_Manager(), _Session(), _Transport())
     acked.acked = MOD - 2
-    acked.queue.extend([b"<message/>"] * 4)
+    acked.queue.extend([(b"<message/>", 0.0)] * 4)
     assert acked.sent == 2
     assert acked.ack(MOD - 1)  # one handled
     assert len(acked.queue) == 3
