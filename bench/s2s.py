@@ -43,6 +43,8 @@ LIMITS = {
     "max_output_buffer": 67108864,
     "max_connections_per_address": 100000,
 }
+#: Likewise for the s2s links' own input rate ([s2s] input_rate/input_burst).
+S2S_LIMITS = {"input_rate": 1073741824, "input_burst": 1073741824}
 
 
 class Meter:
@@ -135,9 +137,13 @@ def main() -> int:
         try:
             for peer in peers:
                 c2s = {"allow_plaintext_on_loopback": True}
-                a_server = world.imserver(A, secure_auth=True, limits=LIMITS, c2s=c2s)
+                a_server = world.imserver(
+                    A, secure_auth=True, limits=LIMITS, c2s=c2s, s2s=S2S_LIMITS
+                )
                 if peer == "imserver":
-                    b_server = world.imserver(B, secure_auth=True, limits=LIMITS, c2s=c2s)
+                    b_server = world.imserver(
+                        B, secure_auth=True, limits=LIMITS, c2s=c2s, s2s=S2S_LIMITS
+                    )
                 else:
                     b_server = world.prosody(
                         B, secure_auth=True, log_level="info", network_backend="epoll"

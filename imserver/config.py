@@ -126,6 +126,14 @@ class S2SSettings:
     #: Open s2s connections (both directions) to one remote domain, and in total.
     max_connections_per_domain: int = 8
     max_connections: int = 1000
+    #: Bytes per second one s2s connection may send us, sustained, after a burst of
+    #: input_burst bytes (in place of [limits] input_rate/input_burst, which are per
+    #: client). A peer carries many users' traffic at once: 8 MiB/s is about 30,000
+    #: stanzas a second, roughly what one link between two imservers carries flat out
+    #: on a 2-core machine, so normal federation never meets it while one peer still
+    #: cannot hold the reactor without pause.
+    input_rate: int = 8 * 1024 * 1024
+    input_burst: int = 32 * 1024 * 1024
 
     def policy(self, domain: str) -> S2SPolicy:
         return self.policies.get(domain, self.default_policy)
@@ -346,6 +354,8 @@ def _s2s(table: OptionReader, data_dir: Path) -> S2SSettings:
             "max_connections_per_domain", defaults.max_connections_per_domain
         ),
         max_connections=table.positive_int("max_connections", defaults.max_connections),
+        input_rate=table.positive_int("input_rate", defaults.input_rate),
+        input_burst=table.positive_int("input_burst", defaults.input_burst),
     )
     for name in ("connect_timeout", "idle_timeout"):
         if getattr(settings, name) == 0:

@@ -6,7 +6,8 @@ events and calls inside fields): more than routing a message, and a login logs
 two lines. L{text_observer} writes the same line for a plain event, with the
 timestamp made once per second and the text by C{str.format_map}; any other
 event (a failure, a legacy or system event, a format C{str.format} cannot
-render) goes to Twisted's own formatter.
+render) goes to Twisted's own formatter. Debug events are left out: the log
+is for operators (e.g. the s2s resolver's per-query socket chatter is debug).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import IO, Any
 
-from twisted.logger import FileLogObserver, ILogObserver, formatEventAsClassicLogText
+from twisted.logger import FileLogObserver, ILogObserver, LogLevel, formatEventAsClassicLogText
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # Twisted's default
 
@@ -40,6 +41,8 @@ def _formatter():
     stamp = _Seconds()
 
     def format_event(event: dict[str, Any]) -> str | None:
+        if event.get("log_level") is LogLevel.debug:
+            return None
         text = event.get("log_format")
         if text is not None and "log_failure" not in event and "log_system" not in event:
             try:

@@ -10,7 +10,7 @@ but superseded presence and chat states.
 The holding is done by a L{HeldStream} put just above the transport, under
 any other wrapper (stream management counts a held stanza as sent, and on
 resumption re-sends it over the new transport, where the client starts
-active again).
+active again: XEP-0352 §5.2, the state is not restored on resumption).
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 Claims the router's C{("message", "offline")} event, so it sees exactly the
 chat and normal messages that found no available resource (to the bare JID,
-or to a full JID that is gone). Each is stamped with a XEP-0203 delay and
-stored once; the sender's next stanzas wait until the write is done. A full
+or to a full JID that is gone). Each is stamped with a XEP-0203 delay (unless
+it has one: one and only one, XEP-0203 §2, and one already there, such as
+stream management's for a message re-routed from an ended session, says when
+it was first sent) and stored once; the sender's next stanzas wait until the write is done. A full
 store bounces with service-unavailable.
 """
 
@@ -12,7 +14,7 @@ from datetime import UTC, datetime
 from twisted.internet import defer
 from twisted.plugin import IPlugin
 from twisted.words.protocols.jabber.error import StanzaError
-from tx_xmpp.delay import Delay
+from tx_xmpp.delay import NS_DELAY, Delay
 from zope.interface import implementer
 
 from imserver.interfaces import IFeature
@@ -41,10 +43,11 @@ class Offline:
         if not (yield self.store.user_exists(user, host)):
             raise StanzaError("service-unavailable")
         stanza = event.stanza
-        delay = Delay(datetime.now(UTC), sender=parse_jid(host))
-        element = delay.toElement()
-        element.addContent("Offline Storage")
-        stanza.addChild(element)
+        element = None
+        if not any(c.name == "delay" and c.uri == NS_DELAY for c in stanza.elements()):
+            element = Delay(datetime.now(UTC), sender=parse_jid(host)).toElement()
+            element.addContent("Offline Storage")
+            stanza.addChild(element)
         stored = yield self.store.store_offline(
             user,
             host,
@@ -52,7 +55,8 @@ class Offline:
             self.server.limits.offline_messages,
         )
         if not stored:
-            stanza.children.remove(element)
+            if element is not None:
+                stanza.children.remove(element)
             raise StanzaError("service-unavailable", text="offline storage is full")
         return True
 

@@ -13,28 +13,45 @@ up to C{resume_timeout} seconds while stanzas for it are queued. <resume/>
 stream and re-sends what the client did not acknowledge; a second resume takes
 it from the first new stream, which gets a conflict stream error.
 
-When a managed session ends for good, every unacknowledged message goes
-through the router's delivery rules again for its addressee: another resource,
-offline storage or a bounce. Unacknowledged iq requests bounce; presence is
-dropped (the session it described is gone). Nothing is silently lost.
+When a managed session ends for good, the unacknowledged stanzas are treated
+as stanzas for an unavailable resource (XEP-0198 §4): see
+L{StreamManagement.redeliver}. Nothing is silently lost, and nothing reaches
+a resource twice.
+
+Stanzas sent again, on resumption or to another resource or offline storage
+after the session ended, carry a XEP-0203 <delay/> stamped with the time the
+server first queued them (XEP-0198 §4: "servers SHOULD add a delay element
+with the original (failed) delivery timestamp"); iq stanzas are re-sent as
+they were. The queue keeps that time to the second, as the stamp does,
+without reading the clock per stanza: a stream notes the time at its first
+stanza of each L{StreamManagement.epoch}, which advances every second.
+
+The client state (XEP-0352) is not carried over a resumption: a resumed
+stream starts active (XEP-0352 §5.2, "the CSI state is not restored"), so
+what was held for the old connection is re-sent on the new one at once.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 from collections import deque
+from datetime import UTC, datetime
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
+from tx_xmpp.delay import NS_DELAY, Delay
 from zope.interface import implementer
 
 from imserver.interfaces import IFeature, ISessionStream
 from imserver.jid import InvalidFormat, parse_jid
 from imserver.serialize import stanza_bytes
 from imserver.stream.parser import parse_stanza
+from plugins.carbons import ENABLED as CARBONS_ENABLED
+from plugins.carbons import eligible as carbon_copied
 
 log = Logger()
 
@@ -46,6 +63,10 @@ MOD = 2**32
 #: dropped, or the client stopped answering. A closed stream, a conflict, a
 #: shutdown or a policy violation end the session at once.
 KEEP_REASONS = frozenset(("lost", "connection-timeout"))
+#: Key in Session.extra: when the resource last became reachable (got bare-JID messages).
+REACHABLE_SINCE = "sm-reachable-since"
+#: Key in Session.extra: when the resource was bound (carbon copies may reach it from then).
+BOUND_SINCE = "sm-bound-since"
 
 _R = f"<r xmlns='{NS_SM}'/>".encode()
 _A = f"<a xmlns='{NS_SM}' h='".encode()  # + h + "'/>": answered for every <r/>, built cheaply
@@ -87,6 +108,26 @@ def _counter(element: domish.Element) -> int | None:
     return value if 0 <= value < MOD else None
 
 
+def stamp_delay(stanza: domish.Element, queued: float, host: str) -> None:
+    """Add a XEP-0203 <delay/> from the server, at the time the stanza was first queued.
+
+    A stanza that already has one keeps it (XEP-0203 §2: one and only one,
+    and the earlier one says when it was originally sent).
+    """
+    if any(c.name == "delay" and c.uri == NS_DELAY for c in stanza.elements()):
+        return
+    stanza.addChild(Delay(datetime.fromtimestamp(queued, UTC), sender=parse_jid(host)).toElement())
+
+
+def resent(data: bytes, queued: float, host: str) -> bytes:
+    """A queued stanza as it is sent again: messages and presence stamped, iq unchanged."""
+    if data.startswith(b"<iq"):
+        return data
+    stanza = parse_stanza(data.decode("utf-8"))
+    stamp_delay(stanza, queued, host)
+    return stanza_bytes(stanza)
+
+
 @implementer(ISessionStream)
 class AckedStream:
     """A session's stream under stream management: counts and keeps what it sends.
@@ -105,6 +146,12 @@ class AckedStream:
         self.queue: deque[bytes] = deque()
         #: The client's last 'h': how many stanzas it has handled (mod 2^32).
         self.acked = 0
+        #: Stanzas acknowledged since <enable/>, not wrapped: the number of queue[0].
+        self.dropped = 0
+        #: (number of a stanza, time): it and those after it were queued at about
+        #: that time, to the next mark. One per epoch in which stanzas were sent.
+        self.marks: deque[tuple[int, float]] = deque()
+        self.epoch = -1
         self.base_in = session.stanzas_in
         self.token: str | None = None
         self.max = 0
@@ -130,6 +177,8 @@ class AckedStream:
         if self.ended:
             return
         self.queue.append(data)
+        if self.epoch != self.manager.epoch:
+            self._mark()
         if self.inner is not None:
             self.inner.send_bytes(data)
             if not self.awaiting_ack:
@@ -151,6 +200,24 @@ class AckedStream:
 
     # -- counting ------------------------------------------------------------
 
+    def _mark(self) -> None:
+        """Note the time of the stanza just queued, the first of this epoch."""
+        self.epoch = self.manager.epoch
+        self.marks.append((self.dropped + len(self.queue) - 1, time.time()))
+
+    def stamped(self) -> list[tuple[bytes, float]]:
+        """The unacknowledged stanzas, each with the time it was first queued."""
+        marks = self.marks
+        found, current = 0, marks[0][1] if marks else time.time()
+        result = []
+        for offset, data in enumerate(self.queue):
+            number = self.dropped + offset
+            while found + 1 < len(marks) and marks[found + 1][0] <= number:
+                found += 1
+                current = marks[found][1]
+            result.append((data, current))
+        return result
+
     @property
     def handled(self) -> int:
         """How many stanzas of the client's we handled (the 'h' we report)."""
@@ -168,6 +235,10 @@ class AckedStream:
         for _ in range(count):
             self.queue.popleft()
         self.acked = h
+        self.dropped += count
+        marks = self.marks
+        while len(marks) > 1 and marks[1][0] <= self.dropped:
+            marks.popleft()
         return True
 
     def _plan_request(self) -> None:
@@ -203,7 +274,11 @@ class AckedStream:
         self._cancel_ask()
 
     def attach(self, transport) -> None:
-        """Carry on over C{transport}: re-send what the client has not acknowledged."""
+        """Carry on over C{transport}: re-send what the client has not acknowledged.
+
+        Each is re-sent with a <delay/> from when it was first queued. The new
+        transport is not wrapped by the old one's client state (XEP-0352 §5.2).
+        """
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
@@ -211,18 +286,20 @@ class AckedStream:
         self.secure = transport.secure
         self.peer_address = transport.peer_address
         self.awaiting_ack = False
-        for data in self.queue:
-            transport.send_bytes(data)
+        host = self.session.host
+        for data, queued in self.stamped():
+            transport.send_bytes(resent(data, queued, host))
         self.request_ack()
 
-    def close(self) -> list[bytes]:
-        """Stop for good; return what was never acknowledged."""
+    def close(self) -> list[tuple[bytes, float]]:
+        """Stop for good; return what was never acknowledged, with when it was queued."""
         self.ended = True
         self.inner = None
         self._cancel_ask()
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
-        unacked, self.queue = list(self.queue), deque()
+        unacked = self.stamped()
+        self.queue, self.marks = deque(), deque()
         return unacked
 
     def _cancel_ask(self) -> None:
@@ -259,6 +336,11 @@ class StreamManagement:
         #: ...or when fewer have waited this many seconds.
         self.ack_delay = options.number("ack_delay", 1.0)
         self.resumable: dict[str, AckedStream] = {}
+        #: Advances every second, and when a resource is bound or becomes reachable,
+        #: so a stream notes the time of its next stanza (see L{AckedStream.stamped}).
+        self.epoch = 0
+        self._ticker = task.LoopingCall(self._advance)
+        server.when_ready().addCallback(lambda _: self._ticker.start(1.0, now=False))
         #: Re-deliveries still being stored (shutdown waits for them).
         self.pending: set[defer.Deferred] = set()
         server.add_stream_feature("bound", lambda stream: _element("sm"))
@@ -273,9 +355,22 @@ class StreamManagement:
         dispatcher.on(("negotiate", NS_SM, "enable"), self.enable_too_early)
         dispatcher.on(("inline", NS_SM, "enable"), self.enable_inline)
         dispatcher.on(("inline", NS_SM, "resume"), self.resume_inline)
+        dispatcher.hook("session-bound", self.bound)
+        dispatcher.hook("reachable", self.reachable)
         dispatcher.hook("pre-session-ended", self.stream_gone)
         dispatcher.hook("session-ended", self.session_ended)
         dispatcher.hook("server-stopping", self.stopping)
+
+    def _advance(self) -> None:
+        self.epoch += 1
+
+    def bound(self, session) -> None:
+        session.extra[BOUND_SINCE] = time.time()
+        self.epoch += 1  # stanzas queued from now on are known to come after it
+
+    def reachable(self, session) -> None:
+        session.extra[REACHABLE_SINCE] = time.time()
+        self.epoch += 1
 
     # -- enabling and acks ---------------------------------------------------
 
@@ -448,47 +543,99 @@ class StreamManagement:
         unacked = acked.close()
         self.resumable.pop(acked.token, None)
         self.server.unbind(acked.session)
-        self.redeliver(unacked)
+        self.redeliver(acked.session, unacked)
 
     def session_ended(self, session) -> None:
         """Someone else unbound a managed session: re-route its queue once it is gone."""
         acked = session.extra.get("sm")
         if acked is not None and not acked.ended:
             self.resumable.pop(acked.token, None)
-            reactor.callLater(0, self.redeliver, acked.close())
+            reactor.callLater(0, self.redeliver, session, acked.close())
 
-    def redeliver(self, unacked: list[bytes]) -> None:
-        """Deliver each unacknowledged message again by the rules for its addressee.
+    def redeliver(self, session, unacked: list[tuple[bytes, float]]) -> None:
+        """Treat what an ended session never acknowledged as stanzas for an unavailable
+        resource (XEP-0198 §4: an error, an alternate resource or offline storage).
 
-        The session is unbound by now, so a message to its full JID goes to
-        the account's other resources or offline storage (RFC 6121 §8.5.3.2.1),
-        or bounces. All are routed at once, in the order they were sent, so a
-        client logging in again meanwhile cannot get them out of order.
-        Unanswered iq requests bounce; presence is dropped.
+        The session is unbound by now. An iq request bounces; presence is
+        dropped (the session it described is gone), as are errors and
+        headlines (RFC 6121 §8.5.3.2.1: ignored for a resource that is gone;
+        a headline to the bare JID reached every resource anyway), and what
+        the server made for this session from the account's own bare JID
+        (carbon copies, archive results: the originals are elsewhere).
+
+        A chat or normal message that another resource of the account already
+        has is not delivered again (XEP-0198 §4 warns that re-sending makes
+        duplicates; L{_held_elsewhere} says who has it). Any other message is
+        routed again, stamped with when it was first queued, by RFC 6121 §8.5.3.2.1:
+        chat and normal as if sent to the bare JID (§8.5.2.1.1: the
+        highest-priority available resources, else offline storage, else an
+        error), groupchat bounces. All are routed at once, in the order they
+        were sent, so a client logging in again meanwhile cannot get them out
+        of order. Prosody 0.12's mod_smacks chooses more bluntly: offline
+        storage when the session was the account's last, else an error.
         """
         router, dispatcher = self.server.router, self.server.dispatcher
-        for data in unacked:
+        for data, queued in unacked:
             stanza = parse_stanza(data.decode("utf-8"))
-            type_ = stanza.getAttribute("type")
+            type_ = stanza.getAttribute("type") or "normal"
             if stanza.name == "iq" and type_ in ("get", "set"):
                 router.bounce(stanza, StanzaError("service-unavailable"))
                 continue
-            if stanza.name != "message" or type_ == "error":
+            if stanza.name != "message" or type_ in ("error", "headline"):
+                continue
+            origin = stanza.getAttribute("from")
+            if origin in (None, session.bare):
+                continue
+            if type_ in ("chat", "normal") and self._held_elsewhere(session, stanza, queued):
                 continue
             try:
-                sender = parse_jid(stanza.getAttribute("from") or next(iter(self.server.hosts)))
-                to = parse_jid(stanza.getAttribute("to", ""))
+                sender, to = parse_jid(origin), parse_jid(stanza.getAttribute("to", ""))
             except InvalidFormat:
                 log.error("cannot re-deliver {xml!r}: bad address", xml=data[:200])
                 continue
+            stamp_delay(stanza, queued, session.host)
             pending = router.deliver(dispatcher.event_for(stanza, sender, to))
             if isinstance(pending, defer.Deferred):
                 self.pending.add(pending)
                 pending.addErrback(lambda f: log.failure("re-delivering a message failed", f))
                 pending.addBoth(lambda _, d=pending: self.pending.discard(d))
 
+    def _held_elsewhere(self, session, message: domish.Element, queued: float) -> bool:
+        """Whether another resource of the account got C{message} when C{session} did.
+
+        Sent to the bare JID, it went to every available resource of the top
+        priority, C{session}'s (RFC 6121 §8.5.2.1.1): those with a priority as
+        high that were reachable before it was queued have it (offline
+        messages, flushed to the first resource to come online, are not held
+        by those that came later). With carbons, every enabled resource bound
+        before it was queued has a <received/> copy (XEP-0280 §7), whatever
+        the address. Priorities are taken as they are now.
+        """
+        to_bare = "/" not in message.getAttribute("to", "")
+        copied: bool | None = None
+        for other in self.server.sessions.of(session.bare):
+            if other is session:
+                continue
+            since = other.extra.get(REACHABLE_SINCE)
+            if (
+                to_bare
+                and other.available
+                and other.priority >= max(0, session.priority)
+                and since is not None
+                and since <= queued
+            ):
+                return True
+            if other.extra.get(CARBONS_ENABLED) and other.extra.get(BOUND_SINCE, queued) <= queued:
+                if copied is None:
+                    copied = carbon_copied(message, inbound=True)
+                if copied:
+                    return True
+        return False
+
     def stopping(self):
         """server-stopping: end the sessions waiting for resumption; wait for the writes."""
+        if self._ticker.running:
+            self._ticker.stop()
         for acked in list(self.resumable.values()):
             if acked.inner is None:
                 self.end(acked)

@@ -119,6 +119,8 @@ def test_typed_values(tmp_path: Path) -> None:
         ({"limits": {"unauthenticated_timeout": "30"}}, "limits.unauthenticated_timeout: must be"),
         ({"storage": {"url": "mysql://db/im"}}, "storage.url: unsupported database 'mysql'"),
         ({"plugin": {"version": "x"}}, "plugin.version: must be a table"),
+        ({"s2s": {"input_rate": 0}}, "s2s.input_rate: must be greater than 0"),
+        ({"s2s": {"input_burst": 1.5}}, "s2s.input_burst: must be a whole number"),
     ],
 )
 def test_bad_values_name_the_key(raw: dict, expected: str) -> None:
@@ -138,6 +140,18 @@ def test_bad_values_name_the_key(raw: dict, expected: str) -> None:
 )
 def test_unknown_keys_are_rejected(raw: dict, key: str) -> None:
     assert error_of(raw) == f"{key}: unknown setting"
+
+
+def test_s2s_input_limits_are_their_own() -> None:
+    """[s2s] input_rate/input_burst are read apart from [limits] (a peer is not a client)."""
+    defaults = config.from_dict({})
+    assert defaults.s2s.input_rate == 8 * 1024 * 1024 > defaults.limits.input_rate
+    assert defaults.s2s.input_burst == 32 * 1024 * 1024
+    settings = config.from_dict(
+        {"s2s": {"input_rate": 1000, "input_burst": 2000}, "limits": {"input_rate": 5}}
+    )
+    assert (settings.s2s.input_rate, settings.s2s.input_burst) == (1000, 2000)
+    assert (settings.limits.input_rate, settings.limits.input_burst) == (5, Limits().input_burst)
 
 
 def test_plugin_tables_are_free_form() -> None:

@@ -56,3 +56,14 @@ def test_lines_match_twisted(name: str) -> None:
     text_observer(out)(dict(event))
     expected = formatEventAsClassicLogText(dict(event), formatTime=formatTime) or ""
     assert out.getvalue() == expected
+
+
+def test_debug_events_are_left_out() -> None:
+    """The log is for operators: debug lines (Twisted's per-socket chatter among them) are not."""
+    out = io.StringIO()
+    observe = text_observer(out)
+    observe({"log_time": NOW, "log_format": "x", "log_level": LogLevel.debug})
+    observe(dict(EVENTS["legacy system"], log_time=NOW, log_level=LogLevel.debug))
+    assert out.getvalue() == ""
+    observe({"log_time": NOW, "log_format": "kept", "log_level": LogLevel.info})
+    assert out.getvalue().endswith("kept\n")

@@ -1,7 +1,9 @@
 """DomainResolver against a real DNS server (the test zone): SRV, fallback, static map, absence.
 
 The resolver runs in a child process (one reactor per process) and prints
-what it found; the zone is served by support.dns over UDP.
+what it found; the zone is served by support.dns over UDP. A server that
+resolves peers through that zone logs none of twisted.names' per-query
+chatter, and a DNS server failing a query is one line of ours.
 """
 
 from __future__ import annotations
@@ -11,7 +13,15 @@ import subprocess
 import sys
 
 import pytest
+from support.client import stanza_error
 from support.dns import DNSServer
+from support.federation import A, B, Federation, account, online
+from support.im import message
+from twisted.internet import defer
+from twisted.logger import capturedLogs
+from twisted.names import error
+
+from imserver.s2s.resolver import DomainResolver
 
 SCRIPT = """
 import json, sys
@@ -66,3 +76,60 @@ def test_resolution(zone):
     assert found["static.test"] == [["10.1.2.3", 5999, False]]
     assert found["addresses"] == ["127.0.0.9"]
     assert found["none"] == []
+
+
+#: What Twisted logs for each DNS query's UDP port and protocol (four lines a query).
+PER_QUERY_CHATTER = ("DNSDatagramProtocol", "Starting protocol", "Stopping protocol", "(UDP Port")
+
+
+def test_resolving_peers_leaves_no_per_query_lines_in_the_log(tmp_path):
+    world = Federation(tmp_path).start()
+    clients: list = []
+    try:
+        a_server, b_server = world.imserver(A), world.imserver(B)
+        alice = online(a_server, account(a_server, "alice"), clients)
+        bob = online(b_server, account(b_server, "bob"), clients)
+        # b.test: found through its SRV and A records in the zone.
+        alice.send(f"<message to='{bob.jid}' type='chat'><body>hi</body></message>")
+        bob.expect(message(alice.jid, "chat"))
+        # nowhere.test: NXDOMAIN for every query.
+        alice.send("<message to='x@nowhere.test' type='chat'><body>?</body></message>")
+        bounce = alice.expect(message("x@nowhere.test", "error"), timeout=10)
+        assert stanza_error(bounce) == ("cancel", "remote-server-not-found")
+        log = a_server.log_text()
+    finally:
+        for client in clients:
+            client.close()
+        world.stop()
+    assert "s2s: a.test -> b.test ready" in log
+    assert "giving up on nowhere.test (remote-server-not-found)" in log
+    for chatter in PER_QUERY_CHATTER:
+        assert chatter not in log, chatter
+
+
+class FailingDNS:
+    """Every query answered with SERVFAIL."""
+
+    def lookupService(self, name: str, timeout=None):
+        return defer.fail(error.DNSServerError(name))
+
+    lookupAddress = lookupIPV6Address = lookupService
+
+
+def test_a_failing_dns_server_is_one_line_per_query():
+    resolver = DomainResolver([("127.0.0.1", 53)], {})
+    resolver.dns = FailingDNS()
+    with capturedLogs() as events:
+        targets = resolver.targets("b.example")
+        addresses = resolver.addresses("b.example")
+    assert [t.host for t in targets.result] == ["b.example"]  # falls back to the domain itself
+    assert addresses.result == []
+    lines = [e["log_format"].format(**e) for e in events]
+    assert (
+        lines
+        == [
+            f"DNS query for {name} failed: DNSServerError"
+            for name in ("_xmpps-server._tcp.b.example", "_xmpp-server._tcp.b.example")
+        ]
+        + ["DNS query for b.example failed: DNSServerError"] * 2
+    )

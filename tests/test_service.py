@@ -19,7 +19,7 @@ import pytest
 from support.cli import TWISTD, Daemon, child_env, imserver, password_file, write_config
 from support.client import NS_SASL, NS_TLS, RawClient, clark, to_text
 from support.server import ServerProcess, free_port
-from support.web import WSClient
+from support.web import WSClient, http_streams_turn_nagle_off
 
 REPO = Path(__file__).resolve().parent.parent
 PING = "<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
@@ -213,6 +213,8 @@ def test_embedded_tac(tmp_path: Path) -> None:
         features = web.open()
         assert features.find(clark(NS_SASL, "mechanisms")) is None, to_text(features)
         web.close()
+        # ...with Nagle off on the host's own HTTP channels once they carry XMPP.
+        http_streams_turn_nagle_off(daemon.process.pid, started.web_port)
         other = logged_in(started.port, jid, password)
         shut_down_twistd(daemon, [other])
     finally:

@@ -15,8 +15,9 @@ import time
 import pytest
 from support.client import RawClient
 from support.server import free_port
-from support.sockets import server_socket_option
+from support.sockets import nodelay_soon, server_socket_option
 from support.tools import needs
+from support.web import http_streams_turn_nagle_off
 
 # Each case: what the client offers -> what the server must select (None: no ALPN at all).
 ALPN_CASES = [
@@ -78,32 +79,16 @@ def test_streams_turn_nagle_off(server, direct_tls) -> None:
         client.close()
 
 
-def test_s2s_and_http_listeners_turn_nagle_off(make_server) -> None:
+def test_s2s_and_http_streams_turn_nagle_off(make_server) -> None:
     """Issue 15 covers every stream transport: s2s links and WebSocket/BOSH HTTP channels."""
     s2s_port = free_port()
     server = make_server(
         s2s={"enabled": True, "interface": "127.0.0.1", "port": s2s_port},
         http={"port": 0, "tls_port": 0},
     )
-    for port in (s2s_port, server.http_port):
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            client_port = sock.getsockname()[1]
-            deadline = time.monotonic() + 5
-            while True:  # the server sets it when it has accepted the connection
-                try:
-                    nodelay = server_socket_option(
-                        server.process.pid,
-                        port,
-                        client_port,
-                        socket.IPPROTO_TCP,
-                        socket.TCP_NODELAY,
-                    )
-                except LookupError:
-                    nodelay = None
-                if nodelay == 1 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            assert nodelay == 1, f"port {port}"
+    with socket.create_connection(("127.0.0.1", s2s_port), timeout=5) as sock:
+        assert nodelay_soon(server.process.pid, s2s_port, sock.getsockname()[1]) == 1
+    http_streams_turn_nagle_off(server.process.pid, server.http_port)
 
 
 @needs("go-sendxmpp")

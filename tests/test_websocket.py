@@ -77,6 +77,17 @@ def test_a_handshake_without_the_subprotocol_is_refused(server: ServerProcess) -
         WSClient(server.http_port).connect(subprotocols=("mqtt",))
 
 
+def test_a_page_from_another_origin_is_refused(make_server) -> None:
+    """With cors_origins set, a handshake from a page elsewhere gets 403 (RFC 6455 §4.2.2)."""
+    strict = make_server(http={"port": 0, "cors_origins": ["https://chat.example"]}, c2s=PLAINTEXT)
+    url = f"ws://127.0.0.1:{strict.http_port}/xmpp-websocket"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, subprotocols=["xmpp"], origin="https://elsewhere.example", open_timeout=5)
+    assert refused.value.response.status_code == 403
+    with connect(url, subprotocols=["xmpp"], origin="https://chat.example", open_timeout=5) as ok:
+        assert ok.subprotocol == "xmpp"
+
+
 def test_open_features_and_close(ws) -> None:
     client = ws()
     features = client.open()

@@ -13,7 +13,7 @@ resource-constraint. Connections per remote domain and in total are capped.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from twisted.application import service
@@ -63,6 +63,11 @@ class S2SManager:
     def __init__(self, server: Server, settings: S2SSettings, certificate, key) -> None:
         self.server = server
         self.settings = settings
+        #: What s2s streams run under: the [limits] of client streams, except the
+        #: input rate, which is [s2s]'s (a peer carries many users' traffic).
+        self.limits = replace(
+            server.limits, input_rate=settings.input_rate, input_burst=settings.input_burst
+        )
         self.keys = DialbackKeys(settings.dialback_secret)
         self.resolver = DomainResolver(settings.resolvers, settings.hosts)
         self.server_tls = S2SServerTLS(certificate, key, settings.ca_file)

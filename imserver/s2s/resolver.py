@@ -8,6 +8,14 @@ domain's own address on port 5269. A lone target of "." means the domain
 offers no service: no fallback then. Host names are resolved
 through the same DNS servers (twisted.names), never the system's hosts file,
 so tests can run their own zone.
+
+twisted.names opens a UDP port for every query (a fresh random source port,
+RFC 5452 §9.2) and closes it after the answer, and Twisted logs both at info
+level: four lines a query, a dozen or more per connection attempt. The
+resolver's ports (L{QuietUDPReactor}) log that chatter at debug level
+instead, which the server's log leaves out (L{imserver.logs}); what an
+operator needs, a query that timed out or that the DNS server failed, is one
+line of ours.
 """
 
 from __future__ import annotations
@@ -16,11 +24,14 @@ import random
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor, udp
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.names import client, dns, error
+from twisted.python import log as legacy_log
 
 log = Logger()
 
@@ -63,16 +74,56 @@ def rfc2782_order(records: Sequence[tuple[int, int, Target]], rng=random) -> lis
     return ordered
 
 
+#: Runs a call with Twisted's legacy log lines inside it marked debug, not info.
+_at_debug_level = partial(legacy_log.callWithContext, {"log_level": LogLevel.debug})
+
+
+class _QuietPort(udp.Port):
+    """A query's UDP port: "<protocol> starting on <port>" and "(UDP Port <port> Closed)".
+
+    L{udp.Port} logs both with C{log.msg}, unconditionally; here they are debug lines.
+    """
+
+    def startListening(self) -> None:
+        _at_debug_level(super().startListening)
+
+    def connectionLost(self, reason=None) -> None:
+        _at_debug_level(super().connectionLost, reason)
+
+
+class QuietUDPReactor:
+    """The reactor as twisted.names' client sees it: UDP ports that log at debug level.
+
+    Everything but C{listenUDP} is the real reactor's. The DNS protocol on the port
+    is made quiet too ("Starting protocol"/"Stopping protocol" are its C{noisy} lines).
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenUDP(
+        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
+    ) -> udp.Port:
+        protocol.noisy = False
+        listening = _QuietPort(port, protocol, interface, maxPacketSize, self._reactor)
+        listening.startListening()
+        return listening
+
+
 class DomainResolver:
     """Finds the targets of a remote domain; C{servers} are (ip, port) DNS servers."""
 
     def __init__(
         self, servers: Sequence[tuple[str, int]], static: dict[str, tuple[str, int]]
     ) -> None:
+        quiet = QuietUDPReactor(reactor)
         if servers:
-            self.dns = client.Resolver(servers=list(servers))
+            self.dns = client.Resolver(servers=list(servers), reactor=quiet)
         else:
-            self.dns = client.Resolver(resolv="/etc/resolv.conf")
+            self.dns = client.Resolver(resolv="/etc/resolv.conf", reactor=quiet)
         self.static = static
 
     @defer.inlineCallbacks
@@ -121,9 +172,12 @@ class DomainResolver:
     def _query(lookup, name: str):
         try:
             answers, _, _ = yield lookup(name, timeout=QUERY_TIMEOUTS)
-        except (error.DNSNameError, error.DNSServerError, error.DNSQueryRefusedError):
+        except error.DNSNameError:  # NXDOMAIN: an answer, and a common one (no SRV record)
             return []
         except (defer.TimeoutError, error.DNSQueryTimeoutError):
             log.info("DNS query for {name} timed out", name=name)
+            return []
+        except error.DomainError as failed:  # SERVFAIL, REFUSED, FORMERR...: the resolver's fault
+            log.info("DNS query for {name} failed: {why}", name=name, why=failed.__class__.__name__)
             return []
         return answers

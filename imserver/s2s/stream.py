@@ -113,7 +113,7 @@ class S2SStream(xmlstream.XmlStream):
         self._idle = None
         self._overflow = None
         self._in_order: InOrder | None = None
-        limits = manager.server.limits
+        limits = manager.limits
         self._parser_limits = ParserLimits(
             max_stanza_size=limits.max_stanza_size,
             max_depth=limits.max_depth,
@@ -131,11 +131,11 @@ class S2SStream(xmlstream.XmlStream):
     def connectionMade(self) -> None:
         no_delay(self.transport)
         self.peer_address = getattr(self.transport.getPeer(), "host", "")
-        self.flow = FlowControl(self.transport, self.manager.server.limits)
+        self.flow = FlowControl(self.transport, self.manager.limits)
         self.flow.start()
         self._in_order = InOrder(self.flow, self._deliver, lambda: not self.closed)
         self._timeout = reactor.callLater(
-            self.manager.server.limits.unauthenticated_timeout,
+            self.manager.limits.unauthenticated_timeout,
             self.fail,
             "connection-timeout",
             "not authenticated in time",
@@ -248,7 +248,7 @@ class S2SStream(xmlstream.XmlStream):
 
     def onDocumentStart(self, root: domish.Element) -> None:
         self._restarts += 1
-        if self._restarts > self.manager.server.limits.max_stream_restarts + 1:
+        if self._restarts > self.manager.limits.max_stream_restarts + 1:
             return self.fail("policy-violation", "too many stream restarts")
         if root.uri != NS_STREAMS or root.name != "stream" or root.defaultUri != NS_SERVER:
             return self.fail("invalid-namespace", "expected a jabber:server stream")

@@ -17,7 +17,7 @@ def allow_cross_origin(request: server.Request, origins: tuple[str, ...], method
     origin = raw.decode("latin-1")
     if "*" in origins:
         request.setHeader(b"access-control-allow-origin", b"*")
-    elif origin in origins:
+    elif origin_allowed(origin, origins):
         request.setHeader(b"access-control-allow-origin", origin.encode())
         request.setHeader(b"vary", b"Origin")
     else:
@@ -25,3 +25,8 @@ def allow_cross_origin(request: server.Request, origins: tuple[str, ...], method
     request.setHeader(b"access-control-allow-methods", methods)
     request.setHeader(b"access-control-allow-headers", b"Content-Type")
     request.setHeader(b"access-control-max-age", b"86400")
+
+
+def origin_allowed(origin: str, origins: tuple[str, ...]) -> bool:
+    """Whether a page's Origin header (scheme://host[:port], as browsers send it) is allowed."""
+    return "*" in origins or origin in origins

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from twisted.web import http, resource, server
+from twisted.web import resource, server
 
-from imserver.stream.tcp import no_delay
 from imserver.web.bosh import BoshResource
 from imserver.web.hostmeta import HostMeta
 from imserver.web.websocket import websocket_resource
@@ -63,18 +62,13 @@ def make_site(resources: XMPPResources, max_body: int) -> server.Site:
     return site
 
 
-class _NoDelayChannel(http.HTTPChannel):
-    """HTTP/1.1 with Nagle off: WebSocket and BOSH carry XMPP streams (issue 15)."""
-
-    def connectionMade(self) -> None:
-        no_delay(self.transport)
-        super().connectionMade()
-
-
 class _QuietSite(server.Site):
-    """No access log: a BOSH client makes a request every few seconds; streams log themselves."""
+    """No access log: a BOSH client makes a request every few seconds; streams log themselves.
 
-    protocol = _NoDelayChannel
+    Nagle is off on its connections as on any twisted.web site's: HTTPChannel
+    sets TCP_NODELAY itself (tests/test_tls_transport.py checks it, and
+    tests/test_service.py on an embedding application's own site).
+    """
 
     def log(self, request: server.Request) -> None:
         pass

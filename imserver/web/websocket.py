@@ -29,6 +29,7 @@ from twisted.words.xish import domish
 
 from imserver import lang
 from imserver.stream import NS_CLIENT, NS_STREAMS
+from imserver.web.cors import origin_allowed
 from imserver.web.framing import NS_FRAMING, WebStream
 
 if TYPE_CHECKING:
@@ -192,6 +193,11 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
                 ConnectionDeny.BAD_REQUEST, "the 'xmpp' WebSocket subprotocol is required"
             )
         server = self.factory.server
+        origins = server.settings.http.cors_origins
+        if request.origin is not None and not origin_allowed(request.origin, origins):
+            # RFC 6455 §4.2.2: a page from an origin we do not serve; browsers send
+            # Origin, other clients need not.
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "this page's origin is not allowed")
         refusal = server.connections.refusal(
             getattr(self.transport.getPeer(), "host", ""), server.limits
         )
@@ -233,8 +239,10 @@ class XMPPWebSocketFactory(WebSocketServerFactory):
             maxFramePayloadSize=limits.max_stanza_size + _MESSAGE_SLACK,
             openHandshakeTimeout=limits.unauthenticated_timeout,
             closeHandshakeTimeout=5,
-            # Browsers send Origin; a handshake from a page elsewhere is refused (403).
-            allowedOrigins=list(http.cors_origins),
+            # Origins are checked in onConnect, exactly as for CORS: autobahn's own
+            # check compares "scheme://host:port" with the default port spelled out,
+            # so "https://chat.example" would never match, and it answers 400.
+            allowedOrigins=["*"],
             # No permessage-deflate: compressing attacker-influenced text next to
             # secrets is what CRIME/BREACH exploit, and it costs CPU per message.
             perMessageCompressionAccept=lambda offers: None,

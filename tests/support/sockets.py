@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
+import time
 
 #: pidfd_getfd(2): the same number on every architecture Linux has (the generic table).
 SYS_PIDFD_GETFD = 438
@@ -55,3 +56,18 @@ def _fd_of_inode(pid: int, inode: str) -> int:
         except OSError:
             continue
     raise LookupError(f"process {pid} has no descriptor for socket {inode}")
+
+
+def nodelay_soon(pid: int, port: int, client_port: int) -> int | None:
+    """TCP_NODELAY on the server's end of a connection, once the server has set it."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            nodelay = server_socket_option(
+                pid, port, client_port, socket.IPPROTO_TCP, socket.TCP_NODELAY
+            )
+        except LookupError:
+            nodelay = None
+        if nodelay == 1 or time.monotonic() > deadline:
+            return nodelay
+        time.sleep(0.05)

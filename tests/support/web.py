@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import itertools
 import random
+import socket
 import time
 import xml.etree.ElementTree as ET
 from collections import deque
@@ -35,6 +36,7 @@ from support.client import (
     stream_error_condition,
     to_text,
 )
+from support.sockets import nodelay_soon
 
 NS_FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
 NS_HTTPBIND = "http://jabber.org/protocol/httpbind"
@@ -269,6 +271,24 @@ class BoshClient:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+def http_streams_turn_nagle_off(pid: int, port: int) -> None:
+    """A WebSocket after its upgrade and a BOSH request's connection have Nagle off."""
+    web = WSClient(port).connect()
+    try:
+        client_port = web.ws.socket.getsockname()[1]
+        assert nodelay_soon(pid, port, client_port) == 1, "WebSocket"
+    finally:
+        web.close()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        body = b"<body xmlns='http://jabber.org/protocol/httpbind' rid='1' to='nowhere.invalid'/>"
+        sock.sendall(
+            b"POST /http-bind HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        sock.recv(4096)  # answered: the request has been handled
+        assert nodelay_soon(pid, port, sock.getsockname()[1]) == 1, "BOSH"
+
+
 __all__ = [
     "BODY",
     "CLOSE",
@@ -277,4 +297,5 @@ __all__ = [
     "OPEN",
     "BoshClient",
     "WSClient",
+    "http_streams_turn_nagle_off",
 ]

@@ -1,0 +1,213 @@
+"""What an ended or resumed stream-managed session's unacknowledged stanzas become.
+
+XEP-0198 §4: treated as stanzas for an unavailable resource, never twice on
+a resource that already has them, and stamped (XEP-0203) with the time the
+server first queued them; the same stamp on a resumption. XEP-0352 §5.2: a
+resumed stream starts active.
+"""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from datetime import datetime
+
+import pytest
+from support.archive import carbons
+from support.client import RawClient, clark, closed_after, to_text
+from support.im import User, body_is, presence
+from support.server import ServerProcess
+from support.sm import (
+    MECHANISM,
+    PLUGINS,
+    SMClient,
+    chat_to,
+    come_online,
+    received_bodies,
+    sm,
+    sm_online,
+)
+
+RESUME_TIMEOUT = 4
+NS_DELAY = "urn:xmpp:delay"
+NS_CARBONS = "urn:xmpp:carbons:2"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(
+        tmp_path_factory.mktemp("server"),
+        server={"plugins": [*PLUGINS, "carbons"]},
+        plugin={"sm": {"resume_timeout": RESUME_TIMEOUT}},
+    )
+    try:
+        yield process.start()
+    finally:
+        process.kill()
+
+
+@pytest.fixture
+def clients(server: ServerProcess) -> Iterator:
+    yield from closed_after(lambda cls=SMClient: cls.for_server(server))
+
+
+def desk(clients, account, resource: str = "desk") -> User:
+    client = clients(RawClient)
+    client.login(account[0], account[1], resource, MECHANISM)
+    come_online(client)
+    return User(client, *account)
+
+
+def gone(watcher: User, full: str) -> None:
+    """Wait until the waiting session has timed out (its unavailable presence)."""
+    watcher.expect(presence(full, "unavailable"), timeout=RESUME_TIMEOUT + 5)
+    watcher.sync()
+
+
+def stamp_of(message: ET.Element) -> ET.Element:
+    delays = message.findall(clark(NS_DELAY, "delay"))
+    assert len(delays) == 1, to_text(message)
+    return delays[0]
+
+
+def assert_stamped_near(message: ET.Element, when: float, host: str) -> None:
+    """One <delay/> from the server, stamped to the second of C{when} (not later)."""
+    delay = stamp_of(message)
+    assert delay.get("from") == host, to_text(message)
+    stamp = datetime.strptime(delay.get("stamp"), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    assert when - 1.5 <= stamp <= when + 1, (to_text(message), when)
+
+
+def test_bare_jid_message_is_not_delivered_twice_to_the_other_resource(
+    clients, server: ServerProcess
+) -> None:
+    alice_account, bob_account = server.new_account(), server.new_account()
+    phone = sm_online(clients, alice_account)
+    laptop = desk(clients, alice_account)
+    bob = desk(clients, bob_account)
+    chat_to(bob, alice_account[0], "to-both")
+    phone.expect(body_is("to-both"))
+    laptop.expect(body_is("to-both"))
+    phone.drop()  # never acknowledged
+    gone(laptop, phone.jid)
+    laptop.assert_nothing(body_is("to-both"), wait=0.5)
+    # Nor was it stored: the laptop, still available, has it.
+    laptop.client.close()
+    again = desk(clients, alice_account, "again")
+    assert "to-both" not in received_bodies(again.client, 0.5)
+
+
+def test_bare_jid_message_goes_offline_when_no_other_resource_has_it(
+    clients, server: ServerProcess
+) -> None:
+    alice_account, bob_account = server.new_account(), server.new_account()
+    phone = sm_online(clients, alice_account)
+    laptop = desk(clients, alice_account)
+    bob = desk(clients, bob_account)
+    sent_at = time.time()
+    chat_to(bob, alice_account[0], "stored-once")
+    phone.expect(body_is("stored-once"))
+    laptop.expect(body_is("stored-once"))
+    laptop.client.close()  # leaves: nobody else has it any more
+    phone.drop()
+    watcher = desk(clients, bob_account, "watcher")
+    time.sleep(RESUME_TIMEOUT + 1)
+    watcher.sync()
+    again = desk(clients, alice_account, "again")
+    messages = [e for e in again.received(0.5) if body_is("stored-once")(e)]
+    assert len(messages) == 1
+    assert_stamped_near(messages[0], sent_at, server.host)  # when queued, not when re-routed
+
+
+def test_message_to_the_full_jid_is_not_repeated_to_a_carbons_resource(
+    clients, server: ServerProcess
+) -> None:
+    alice_account, bob_account = server.new_account(), server.new_account()
+    phone = sm_online(clients, alice_account)
+    laptop = desk(clients, alice_account)
+    carbons(laptop)
+    bob = desk(clients, bob_account)
+    chat_to(bob, phone.jid, "direct")
+    phone.expect(body_is("direct"))
+    laptop.expect(lambda e: e.find(clark(NS_CARBONS, "received")) is not None)
+    phone.drop()
+    gone(laptop, phone.jid)
+    laptop.assert_nothing(body_is("direct"), wait=0.5)
+
+
+def test_message_to_the_full_jid_goes_to_another_resource_stamped(
+    clients, server: ServerProcess
+) -> None:
+    alice_account, bob_account = server.new_account(), server.new_account()
+    phone = sm_online(clients, alice_account)
+    laptop = desk(clients, alice_account)  # no carbons: it never saw the message
+    bob = desk(clients, bob_account)
+    sent_at = time.time()
+    chat_to(bob, phone.jid, "for-phone")
+    phone.expect(body_is("for-phone"))
+    phone.drop()
+    message = laptop.expect(body_is("for-phone"), timeout=RESUME_TIMEOUT + 5)
+    assert_stamped_near(message, sent_at, server.host)
+
+
+def test_carbon_copies_of_an_ended_session_are_not_rerouted(clients, server: ServerProcess) -> None:
+    alice_account, bob_account = server.new_account(), server.new_account()
+    phone = sm_online(clients, alice_account)
+    carbons(User(phone, *alice_account))
+    laptop = desk(clients, alice_account)
+    bob = desk(clients, bob_account)
+    chat_to(laptop, bob.client.jid, "from-laptop")
+    bob.expect(body_is("from-laptop"))
+    phone.expect(lambda e: e.find(clark(NS_CARBONS, "sent")) is not None)
+    phone.drop()
+    gone(laptop, phone.jid)
+    laptop.assert_nothing(lambda e: e.find(clark(NS_CARBONS, "sent")) is not None, wait=0.5)
+
+
+def test_resumed_stanzas_carry_the_time_they_were_first_queued(
+    clients, server: ServerProcess
+) -> None:
+    alice_account, bob_account = server.new_account(), server.new_account()
+    phone = sm_online(clients, alice_account)
+    User(phone, *alice_account).received(0.1)
+    phone.ack()
+    bob = desk(clients, bob_account)
+    first_at = time.time()
+    chat_to(bob, phone.jid, "seen-not-acked")
+    phone.expect(body_is("seen-not-acked"))
+    phone.drop()
+    time.sleep(1.2)
+    queued_at = time.time()
+    chat_to(bob, phone.jid, "while-away")
+    bob.sync()
+    time.sleep(1.5)
+    phone.reconnect(*alice_account)
+    # As if that message was lost with the connection: it is sent again.
+    assert phone.resume(h=phone.handled - 1).tag == sm("resumed")
+    assert_stamped_near(phone.expect(body_is("seen-not-acked")), first_at, server.host)
+    assert_stamped_near(phone.expect(body_is("while-away")), queued_at, server.host)
+    # What is sent live after the resumption is not delayed.
+    chat_to(bob, phone.jid, "live")
+    assert phone.expect(body_is("live")).find(clark(NS_DELAY, "delay")) is None
+
+
+def test_a_resumed_stream_starts_active(clients, server: ServerProcess) -> None:
+    """XEP-0352 §5.2: the CSI state is not restored on resumption; the client
+    is active (nothing held) until it says <inactive/> again."""
+    alice_account = server.new_account()
+    phone = sm_online(clients, alice_account)
+    laptop = desk(clients, alice_account)
+    phone.expect(presence(laptop.client.jid))
+    phone.send("<inactive xmlns='urn:xmpp:csi:0'/>")
+    laptop.send("<presence><show>away</show></presence>")
+    laptop.sync()
+    # Held (no ping here: an iq would flush what is held).
+    assert not [e for e in phone.drain(0.5) if presence(laptop.client.jid)(e)]
+    phone.drop()
+    phone.reconnect(*alice_account)
+    assert phone.resume().tag == sm("resumed")
+    phone.expect(presence(laptop.client.jid))  # held before: re-sent at once
+    laptop.send("<presence><show>xa</show></presence>")
+    update = phone.expect(presence(laptop.client.jid))
+    assert update.findtext(clark("jabber:client", "show")) == "xa"
