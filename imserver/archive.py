@@ -190,10 +190,22 @@ class ArchivedMessage:
 
 @dataclass(frozen=True)
 class ArchivePage:
-    """What a query returned, oldest first; C{complete} when nothing further matched."""
+    """What a query returned, oldest first; C{complete} when nothing further matched.
+
+    C{count} is the size of the full result set (XEP-0059 §2.2): every message
+    the query's filters match, whatever page was asked for. C{index} is the
+    position of the page's first message in it, for a forward page only: None
+    for an empty page (no <first/> to carry it) and for a backward one (RSM
+    <before/>). slixmpp's RSM iterator (1.17) stops paging once index + page
+    size reaches the count, whichever way it pages: with an index, a client
+    paging back from the newest message would get one page of its history.
+    XEP-0313 §4.3.2 leaves both <count/> and the index to the server.
+    """
 
     messages: list[ArchivedMessage]
     complete: bool
+    count: int
+    index: int | None
 
 
 # -- preferences ---------------------------------------------------------------------
@@ -242,17 +254,22 @@ def parse_prefs(element: domish.Element) -> ArchivePrefs:
 class ArchiveQuery:
     """One page request against one user's archive, as the store runs it.
 
-    C{after}/C{before} are archive ids bounding the page (exclusive);
-    C{reverse} takes the newest C{limit} matches instead of the oldest (RSM
-    <before/>). The store returns them oldest first either way.
+    The filters (C{with_jid}, C{start}, C{end}, C{after_id}, C{before_id},
+    C{ids}: the form fields of XEP-0313 §4.1) define the full result set that
+    RSM's <count/> and 'index' describe. C{after}/C{before} (RSM) only place the
+    page in it: archive ids bounding the page (exclusive); C{reverse} takes the
+    newest C{limit} matches instead of the oldest (RSM <before/>). The store
+    returns them oldest first either way.
     """
 
     with_jid: str | None = None
     start: int | None = None
     end: int | None = None
+    after_id: str | None = None
+    before_id: str | None = None
+    ids: tuple[str, ...] | None = None
     after: str | None = None
     before: str | None = None
-    ids: tuple[str, ...] | None = None
     limit: int = 20
     reverse: bool = False
 
@@ -273,6 +290,8 @@ class QueryRequest:
 
 def parse_query(element: domish.Element, default_max: int, max_max: int) -> QueryRequest:
     """Read a mam:2 <query/> (filters in a XEP-0004 form, paging in XEP-0059 RSM).
+
+    <max>0</max> is a page of no messages: the answer is the count alone (XEP-0059 §2.7).
 
     Raises L{StanzaError}: bad-request for malformed input, feature-not-implemented
     for a field or RSM index we do not serve (XEP-0313 §4.1.5).
@@ -302,17 +321,17 @@ def parse_query(element: domish.Element, default_max: int, max_max: int) -> Quer
     after = page.after if page is not None else None
     before = page.before if page is not None else None
     reverse = before is not None
-    after = after or _optional(values, "after-id")
-    before = before or _optional(values, "before-id")
     ids = tuple(str(v) for v in values["ids"]) if values.get("ids") else None
 
     query = ArchiveQuery(
         with_jid=with_jid,
         start=_timestamp(values, "start"),
         end=_timestamp(values, "end"),
+        after_id=_optional(values, "after-id"),
+        before_id=_optional(values, "before-id"),
+        ids=ids,
         after=after,
         before=before or None,
-        ids=ids,
         limit=limit,
         reverse=reverse,
     )

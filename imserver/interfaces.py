@@ -213,8 +213,10 @@ class IArchiveStore(Interface):
     def query_archive(user, host, query):
         """Fire with an L{imserver.archive.ArchivePage} for an L{imserver.archive.ArchiveQuery}.
 
-        Fails with L{imserver.archive.UnknownArchiveId} when its after/before id
-        is not in the archive.
+        The page comes with the number of messages the query's filters match
+        and, for a forward page, its position among them. Fails with
+        L{imserver.archive.UnknownArchiveId} when an id it names (after/before,
+        after_id/before_id) is not in the archive.
         """
 
     def archive_bounds(user, host):

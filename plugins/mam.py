@@ -16,6 +16,11 @@ roster for the 'roster' policy) makes the handler wait (holding the sender's
 stream), then run the stage again; the decision is remembered per stanza, so
 each copy is archived once.
 
+Every <fin/> carries the RSM <count/> of what the query's filters match and,
+on a forward page, the index of its <first/> (XEP-0059 §2.2; why not on a
+backward page: L{imserver.archive.ArchivePage}); <max>0</max> asks for the
+count alone (§2.7).
+
 Writes are batched: records queue in memory and go to the store in one
 transaction per reactor turn, in order; a query first waits for the records
 queued before it. Options ([plugin.mam]): default_policy ("always", "never",
@@ -393,10 +398,14 @@ class Mam:
         fin = domish.Element((NS_MAM, "fin"))
         if page.complete:
             fin["complete"] = "true"
+        # XEP-0059 §2.2 (SHOULD, optional in XEP-0313 §4.3.2): <count/> and the index
+        # of <first/>; an empty page, as for <max>0</max> (§2.7), has only the count.
         if messages:
-            fin.addChild(RSMResponse(messages[0].archive_id, messages[-1].archive_id).toElement())
+            first, last = messages[0].archive_id, messages[-1].archive_id
+            rsm = RSMResponse(first, last, index=page.index, count=page.count)
         else:
-            fin.addChild(RSMResponse().toElement())
+            rsm = RSMResponse(count=page.count)
+        fin.addChild(rsm.toElement())
         return event.answer(fin)
 
     def _metadata(self, event) -> defer.Deferred:

@@ -129,6 +129,22 @@ def test_parse_query_filters_and_paging() -> None:
     assert (both.query.after, both.query.before, both.query.reverse) == ("a", "b", True)
 
 
+def test_id_fields_filter_and_rsm_ids_page() -> None:
+    """after-id/before-id define the result set (XEP-0313 §4.1.3), RSM ids only the page:
+    <count/> counts the first, so the two are kept apart, and both apply."""
+    request = parse_query(
+        query(
+            form(**{"after-id": "x", "before-id": "y"})
+            + f"<set xmlns='{RSM}'><max>0</max><after>a</after></set>"
+        ),
+        20,
+        50,
+    )
+    q = request.query
+    assert (q.after_id, q.before_id, q.after, q.before) == ("x", "y", "a", None)
+    assert (q.limit, q.reverse) == (0, False)
+
+
 @pytest.mark.parametrize(
     ("inner", "condition"),
     [

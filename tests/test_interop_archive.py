@@ -194,6 +194,46 @@ async def archive_paging(target: Target) -> None:
             await client.close()
 
 
+async def _thirty_from_alice(target: Target) -> tuple[Client, Client]:
+    """alice sends bob 30 messages; both online, bob has received them all."""
+    alice_account, bob_account = target.accounts(2)
+    alice = await Client(alice_account, "a").online(target)
+    bob = await Client(bob_account, "b").online(target)
+    for n in range(30):
+        await alice.chat(bob.boundjid.bare, f"m{n}")
+    for _ in range(30):
+        await bob.next(bob.messages)
+    return alice, bob
+
+
+async def archive_count_and_index(target: Target) -> None:
+    """XEP-0059 §2.2 <count/> and <first index/> on each page, as slixmpp reads them."""
+    alice, bob = await _thirty_from_alice(target)
+    try:
+        mam, with_alice = bob.plugin["xep_0313"], JID(alice.boundjid.bare)
+        pages = []
+        async for page in mam.retrieve(with_jid=with_alice, iterator=True, rsm={"max": 12}):
+            rsm = page["mam_fin"]["rsm"]
+            pages.append((rsm["count"], rsm["first_index"], len(page["mam_fin"]["results"])))
+        assert pages == [("30", "0", 12), ("30", "12", 12), ("30", "24", 6)], pages
+    finally:
+        for client in (alice, bob):
+            await client.close()
+
+
+async def archive_item_count(target: Target) -> None:
+    """XEP-0059 §2.7: <max>0</max> gets the count and no messages."""
+    alice, bob = await _thirty_from_alice(target)
+    try:
+        mam, with_alice = bob.plugin["xep_0313"], JID(alice.boundjid.bare)
+        only = await asyncio.wait_for(mam.retrieve(with_jid=with_alice, rsm={"max": 0}), STEP)
+        rsm = only["mam_fin"]["rsm"]
+        assert (rsm["count"], rsm["first"], list(only["mam"]["results"])) == ("30", "", [])
+    finally:
+        for client in (alice, bob):
+            await client.close()
+
+
 async def offline_and_archive_agree(target: Target) -> None:
     """A message stored offline arrives with the stanza id the archive gives it."""
     alice_account, bob_account = target.accounts(2)
@@ -317,6 +357,8 @@ async def unknown_field_refused(target: Target) -> None:
 SCENARIOS: dict[str, Callable[[Target], Coroutine[Any, Any, None]]] = {
     "carbons_two_devices": carbons_two_devices,
     "archive_paging": archive_paging,
+    "archive_count_and_index": archive_count_and_index,
+    "archive_item_count": archive_item_count,
     "offline_and_archive_agree": offline_and_archive_agree,
     "archive_preferences": archive_preferences,
     "forged_stanza_id_dropped": forged_stanza_id_dropped,
@@ -390,6 +432,9 @@ PROSODY_DIFFERS = {
     "with_full_jid_is_exact": "mod_mam reduces 'with' to the bare JID, so a full JID matches"
     " every resource",
     "unknown_field_refused": "util.dataforms ignores unknown fields; the query runs",
+    # Not a departure: XEP-0313 §4.3.2 leaves both to the server (XEP-0059 §2.2 SHOULD).
+    "archive_count_and_index": "no <first index/> ever; <count/> only for <max>0</max> while"
+    " archives never expire (mam_include_total then defaults to false)",
 }
 
 

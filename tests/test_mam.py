@@ -239,11 +239,93 @@ def test_extended_ids_flip_and_metadata(make_client: MakeClient, pool: AccountPo
     assert metadata.find(clark(NS_MAM, "end")).get("timestamp", "").endswith("Z")
 
 
+def pages_of(user: User, max_: int, **kwargs) -> list[tuple[int | None, int | None, int]]:
+    """Page forwards through a query: (count, index, size) of each page, until complete."""
+    seen, after = [], None
+    while True:
+        page = query(user, max_=max_, after=after, **kwargs)
+        seen.append((page.count, page.index, len(page.results)))
+        if page.complete:
+            return seen
+        after = page.last
+
+
+def test_count_and_index(make_client: MakeClient, pool: AccountPool) -> None:
+    """XEP-0059 §2.2: <count/> is the size of the set the filters match, whatever the page;
+    'index' is where a forward page starts in it. Backward pages carry no index (slixmpp
+    stops paging backwards at the first page that has one: see imserver.archive)."""
+    alice_account, bob_account, carol_account = pool.take(3)
+    alice = online(make_client, alice_account)
+    bob = online(make_client, bob_account)
+    carol = online(make_client, carol_account)
+
+    def send(sender: User, bodies: range) -> None:
+        for n in bodies:
+            chat(sender, bob.bare, str(n))
+        for n in bodies:
+            bob.expect(body_is(str(n)))
+
+    # bob's archive, in order: 30 from alice, 12 from carol, 8 from alice.
+    send(alice, range(30))
+    send(carol, range(30, 42))
+    between = datetime.now(UTC)
+    send(alice, range(42, 50))
+    ids = [r.archive_id for r in query(bob, max_=50).results]
+    assert len(ids) == 50
+
+    assert pages_of(bob, 20) == [(50, 0, 20), (50, 20, 20), (50, 40, 10)]
+    backward, before = [], ""
+    while True:
+        page = query(bob, max_=20, before=before)
+        backward.append((page.count, page.index, len(page.results)))
+        if page.complete:
+            break
+        before = page.first
+    assert backward == [(50, None, 20), (50, None, 20), (50, None, 10)]
+
+    with_alice = {"with": alice.bare}
+    assert pages_of(bob, 15, fields=with_alice) == [(38, 0, 15), (38, 15, 15), (38, 30, 8)]
+    assert query(bob, fields={"with": carol.bare}).count == 12
+    assert query(bob, fields={"with": alice.jid}).count == 38
+    assert query(bob, fields={"with": f"{alice.bare}/elsewhere"}).count == 0
+    assert query(bob, fields={"start": between.isoformat()}).count == 8
+    assert query(bob, fields={"end": between.isoformat(), "with": carol.bare}).count == 12
+    assert query(bob, fields={"ids": [ids[3], ids[40], ids[7]]}).count == 3
+    # after-id and before-id are filters too (XEP-0313 §4.1.3): they bound the set.
+    ranged = {"after-id": ids[9], "before-id": ids[20]}
+    assert pages_of(bob, 4, fields=ranged) == [(10, 0, 4), (10, 4, 4), (10, 8, 2)]
+
+    # RSM <after/> only places the page: the count stays, the index follows it, also
+    # when the id it names is not in the filtered set (ids[35] is from carol).
+    page = query(bob, max_=10, after=ids[5], fields=with_alice)
+    assert (page.count, page.index, page.bodies[0]) == (38, 6, "6")
+    page = query(bob, max_=5, after=ids[35], fields=with_alice)
+    assert (page.count, page.index, page.bodies) == (38, 30, ["42", "43", "44", "45", "46"])
+    page = query(bob, max_=3, after=ids[35], fields={"with": carol.bare})
+    assert (page.count, page.index, page.bodies) == (12, 6, ["36", "37", "38"])
+
+
+def test_max_zero_is_the_item_count(make_client: MakeClient, pool: AccountPool) -> None:
+    """XEP-0059 §2.7: <max>0</max> returns no messages, only the count."""
+    alice, bob = pair(make_client, pool)
+    for n in range(7):
+        chat(alice, bob.bare, str(n))
+    for n in range(7):
+        bob.expect(body_is(str(n)))
+    page = query(bob, max_=0)
+    assert page.results == [] and page.count == 7
+    assert page.first is None and page.last is None and not page.complete
+    assert query(bob, max_=0, fields={"with": bob.bare}).count == 0
+    assert query(alice, max_=0, fields={"with": bob.bare}).count == 7
+
+
 def test_an_empty_archive(make_client: MakeClient, pool: AccountPool) -> None:
     (account,) = pool.take(1)
     user = online(make_client, account)
     page = query(user, max_=10)
     assert page.results == [] and page.complete and page.first is None
+    assert page.count == 0
+    assert query(user, max_=0).count == 0
     answer = user.iq(f"<iq type='get'><metadata xmlns='{NS_MAM}'/></iq>")
     assert list(answer.find(clark(NS_MAM, "metadata"))) == []
 
@@ -394,6 +476,7 @@ def test_retention(make_server, make_client: MakeClient) -> None:
     while query(bob).bodies and time.monotonic() < deadline:
         time.sleep(0.25)
     assert query(bob).bodies == [] and query(alice).bodies == []
+    assert query(bob).count == 0 and query(alice, max_=0).count == 0, "expiry counts too"
 
 
 def test_bad_options_refuse_to_start(make_server) -> None:
@@ -428,5 +511,6 @@ def test_removed_account_takes_its_archive(make_server, make_client: MakeClient)
     created = server.adduser(*alice_account)
     assert created.returncode == 0, created.stderr
     again = online(make_client, alice_account, target=server)
-    assert query(again).bodies == []
+    assert query(again).bodies == [] and query(again).count == 0
     assert query(bob).bodies == ["before"], "bob's archive is bob's"
+    assert query(bob).count == 1

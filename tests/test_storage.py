@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
+from imserver.archive import ArchiveQuery, ArchiveRecord
 from imserver.credentials import check_password, make_credentials
 from imserver.errors import StoreError, UserExists, UserNotFound
 from imserver.interfaces import IStore
@@ -562,3 +563,62 @@ class MigrationTests(StoreTestCase):
         self.addCleanup(store.stop)
         failure = yield self.assertFailure(store.start(), StoreError)
         self.assertIn("99", str(failure))
+
+
+def _records(user: str, times: range) -> list[ArchiveRecord]:
+    return [
+        ArchiveRecord(user, HOST, f"{user}-{t}", t, f"c{t % 2}@{OTHER_HOST}/r", "<message/>")
+        for t in times
+    ]
+
+
+class ArchiveCountTests(StoreTestCase):
+    """archive_counts answers <count/> for a whole archive: it follows every change."""
+
+    @defer.inlineCallbacks
+    def counts(self, store) -> tuple[int, int]:
+        alice = yield store.query_archive("alice", HOST, ArchiveQuery(limit=0))
+        bob = yield store.query_archive("bob", HOST, ArchiveQuery(limit=0))
+        return alice.count, bob.count
+
+    @defer.inlineCallbacks
+    def test_counts_follow_appends_expiry_and_deletion(self):
+        store = yield self.open()
+        yield store.create_user("bob", HOST, make_credentials("secret"))
+        yield store.append_archive(_records("alice", range(1, 6)))
+        yield store.append_archive([*_records("bob", range(1, 3)), *_records("alice", range(6, 8))])
+        yield store.append_archive(_records("bob", range(3, 4)))
+        self.assertEqual((yield self.counts(store)), (7, 3))
+        filtered = yield store.query_archive(
+            "alice", HOST, ArchiveQuery(with_jid=f"c1@{OTHER_HOST}")
+        )
+        self.assertEqual(filtered.count, 4)
+
+        self.assertEqual((yield store.expire_archive(3)), 4)
+        self.assertEqual((yield self.counts(store)), (5, 1))
+        self.assertEqual((yield store.expire_archive(3)), 0)
+
+        yield store.delete_archive("alice", HOST)
+        self.assertEqual((yield self.counts(store)), (0, 1))
+        yield store.delete_user("bob", HOST)
+        self.assertEqual((yield self.counts(store)), (0, 0))
+        self.assertEqual(self.raw_sql("SELECT * FROM archive_counts"), [])
+
+    @defer.inlineCallbacks
+    def test_version_six_counts_the_archives_already_stored(self):
+        self.patch(schema, "MIGRATIONS", ALL_STEPS[:5])
+        store = yield self.open()
+        yield store.stop()
+        rows = [("alice", n) for n in range(4)] + [("bob", n) for n in range(2)]
+        for user, n in rows:
+            self.raw_sql(
+                "INSERT INTO archive_messages"
+                " (host, username, archive_id, when_us, with_bare, stanza)"
+                f" VALUES ('{HOST}', '{user}', '{user}{n}', {n}, 'c@d', '<message/>')"
+            )
+        self.patch(schema, "MIGRATIONS", ALL_STEPS)
+        store = yield self.open()
+        self.assertEqual(self.stored_version(), 6)
+        self.assertEqual((yield self.counts(store)), (4, 2))
+        yield store.append_archive(_records("bob", range(10, 12)))
+        self.assertEqual((yield self.counts(store)), (4, 4))

@@ -31,6 +31,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     inspect,
     select,
 )
@@ -212,6 +213,16 @@ archive_messages = Table(
     sqlite_autoincrement=True,
 )
 
+#: How many messages each archive holds, kept in the same transaction as every write
+#: to archive_messages: RSM <count/> of an unfiltered query (XEP-0059 §2.2) without
+#: counting a large archive row by row.
+archive_counts = Table(
+    "archive_counts",
+    metadata,
+    *_owner(),
+    Column("messages", BigInteger, nullable=False),
+)
+
 archive_prefs = Table(
     "archive_prefs",
     metadata,
@@ -253,7 +264,13 @@ _PERSONAL_TABLES = (pep_nodes, pep_items, documents)
 _ARCHIVE_TABLES = (archive_messages, archive_prefs)
 
 #: The tables every user's data lives in, children before parents, for deletion.
-USER_TABLES = (fast_tokens, *_ARCHIVE_TABLES, *_PERSONAL_TABLES, *VERSION_1_TABLES)
+USER_TABLES = (
+    archive_counts,
+    fast_tokens,
+    *_ARCHIVE_TABLES,
+    *_PERSONAL_TABLES,
+    *VERSION_1_TABLES,
+)
 
 
 #: Version-1 tables that a later step changed, as version 1 created them.
@@ -321,6 +338,18 @@ def _create_fast_tokens(connection: Connection) -> None:
     metadata.create_all(connection, tables=[fast_tokens], checkfirst=False)
 
 
+def _count_archives(connection: Connection) -> None:
+    """Version 6: each archive's message count, filled from the messages already stored."""
+    metadata.create_all(connection, tables=[archive_counts], checkfirst=False)
+    t = archive_messages
+    connection.execute(
+        archive_counts.insert().from_select(
+            ["host", "username", "messages"],
+            select(t.c.host, t.c.username, func.count()).group_by(t.c.host, t.c.username),
+        )
+    )
+
+
 Migration = Callable[[Connection], None]
 
 #: Step N turns a version N-1 database into version N. Append, never edit.
@@ -330,6 +359,7 @@ MIGRATIONS: list[Migration] = [
     _create_personal_tables,
     _create_archive_tables,
     _create_fast_tokens,
+    _count_archives,
 ]
 
 

@@ -10,6 +10,7 @@ one transaction, so a failure part-way leaves nothing of it behind.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from sqlalchemy import (
     select,
     union_all,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -55,6 +57,7 @@ from imserver.roster import Roster, RosterItem
 from imserver.storage import schema
 from imserver.storage.personal import PersonalStore
 from imserver.storage.schema import (
+    archive_counts,
     archive_messages,
     archive_prefs,
     credentials,
@@ -145,6 +148,8 @@ class SQLStore(PersonalStore):
         self._reactor = reactor
         self._sqlite = make_url(url).get_backend_name() == "sqlite"
         self._threads = 1 if self._sqlite else 4
+        #: INSERT with ON CONFLICT, which each dialect spells in its own construct.
+        self._insert = sqlite.insert if self._sqlite else postgresql.insert
         self._pool: ThreadPool | None = None
         self._engine: Engine | None = None
         #: Users known to have no stored offline messages, so a login's pop needs no query.
@@ -570,45 +575,72 @@ class SQLStore(PersonalStore):
             }
             for r in records
         ]
+        added = Counter((r.host, r.user) for r in records)
+        upsert = self._insert(archive_counts)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[archive_counts.c.host, archive_counts.c.username],
+            set_={"messages": archive_counts.c.messages + upsert.excluded.messages},
+        )
+        counts = [{"host": h, "username": u, "messages": n} for (h, u), n in added.items()]
         with _writing(self._db) as conn:
             conn.execute(archive_messages.insert(), rows)
+            conn.execute(upsert, counts)
 
     def _query_archive(self, user: str, host: str, query: ArchiveQuery) -> ArchivePage:
+        """One page, the size of the full result set and the page's index in it.
+
+        All in one read transaction, so the three agree. Without filters the
+        count is the archive's row in archive_counts; with them, an index-only
+        COUNT on (owner, when_us, id) or (owner, with_bare, when_us, id) (a full
+        JID in 'with' also reads the rows, for their resource). The index of a
+        forward page costs nothing for the first and the last page, and one more
+        COUNT, of the messages after the page, for a page in between: clients
+        page forwards to catch up on recent messages, where that count is small.
+        """
         t = archive_messages
-        where = [_owned(t, user, host)]
-        if query.with_jid is not None:
-            bare, _, resource = query.with_jid.partition("/")
-            where.append(t.c.with_bare == bare)
-            if resource:
-                where.append(t.c.with_resource == resource)
-        if query.start is not None:
-            where.append(t.c.when_us >= query.start)
-        if query.end is not None:
-            where.append(t.c.when_us <= query.end)
-        if query.ids is not None:
-            where.append(t.c.archive_id.in_(query.ids))
         with self._db.connect() as conn:
+            filters = [_owned(t, user, host)]
+            if query.with_jid is not None:
+                bare, _, resource = query.with_jid.partition("/")
+                filters.append(t.c.with_bare == bare)
+                if resource:
+                    filters.append(t.c.with_resource == resource)
+            if query.start is not None:
+                filters.append(t.c.when_us >= query.start)
+            if query.end is not None:
+                filters.append(t.c.when_us <= query.end)
+            if query.ids is not None:
+                filters.append(t.c.archive_id.in_(query.ids))
+            if query.after_id is not None:
+                filters += _later_than(_archive_position(conn, user, host, query.after_id))
+            if query.before_id is not None:
+                filters += _earlier_than(_archive_position(conn, user, host, query.before_id))
+            where = list(filters)
             if query.after is not None:
-                when, row_id = _archive_position(conn, user, host, query.after)
-                # The first term lets the (owner, when_us, id) index bound the scan.
-                where += [t.c.when_us >= when, or_(t.c.when_us > when, t.c.id > row_id)]
+                where += _later_than(_archive_position(conn, user, host, query.after))
             if query.before is not None:
-                when, row_id = _archive_position(conn, user, host, query.before)
-                where += [t.c.when_us <= when, or_(t.c.when_us < when, t.c.id < row_id)]
+                where += _earlier_than(_archive_position(conn, user, host, query.before))
             order = (t.c.when_us, t.c.id)
             if query.reverse:
                 order = (t.c.when_us.desc(), t.c.id.desc())
             rows = conn.execute(
-                select(t.c.archive_id, t.c.when_us, t.c.stanza)
+                select(t.c.archive_id, t.c.when_us, t.c.id, t.c.stanza)
                 .where(*where)
                 .order_by(*order)
                 .limit(query.limit + 1)
             ).all()
-        complete = len(rows) <= query.limit
-        found = [ArchivedMessage(r.archive_id, r.when_us, r.stanza) for r in rows[: query.limit]]
-        if query.reverse:
-            found.reverse()
-        return ArchivePage(found, complete)
+            complete = len(rows) <= query.limit
+            rows = rows[: query.limit]
+            if query.reverse:
+                rows.reverse()
+            # Only the owner term: the whole archive, whose size is kept as it changes.
+            unfiltered = len(filters) == 1
+            count = _archive_size(conn, user, host) if unfiltered else _count(conn, filters)
+            index = None
+            if rows:
+                index = _page_index(conn, query, filters, rows, complete, count)
+        found = [ArchivedMessage(r.archive_id, r.when_us, r.stanza) for r in rows]
+        return ArchivePage(found, complete, count, index)
 
     def _archive_bounds(
         self, user: str, host: str
@@ -627,15 +659,28 @@ class SQLStore(PersonalStore):
         return bounds[0], bounds[1]
 
     def _expire_archive(self, before: int) -> int:
+        t, counts = archive_messages, archive_counts
         with _writing(self._db) as conn:
-            result = conn.execute(
-                delete(archive_messages).where(archive_messages.c.when_us < before)
+            expired = conn.execute(
+                select(t.c.host, t.c.username, func.count().label("messages"))
+                .where(t.c.when_us < before)
+                .group_by(t.c.host, t.c.username)
+            ).all()
+            if not expired:
+                return 0
+            conn.execute(
+                counts.update()
+                .where(counts.c.host == bindparam("b_host"))
+                .where(counts.c.username == bindparam("b_user"))
+                .values(messages=counts.c.messages - bindparam("b_messages")),
+                [{"b_host": h, "b_user": u, "b_messages": n} for h, u, n in expired],
             )
-        return result.rowcount
+            conn.execute(delete(t).where(t.c.when_us < before))
+        return sum(row.messages for row in expired)
 
     def _delete_archive(self, user: str, host: str) -> None:
         with _writing(self._db) as conn:
-            for table in (archive_messages, archive_prefs):
+            for table in (archive_messages, archive_counts, archive_prefs):
                 conn.execute(delete(table).where(_owned(table, user, host)))
 
     def _get_archive_prefs(self, user: str, host: str) -> ArchivePrefs | None:
@@ -677,6 +722,62 @@ def _archive_position(conn: Connection, user: str, host: str, archive_id: str) -
     if row is None:
         raise UnknownArchiveId(archive_id)
     return row.when_us, row.id
+
+
+def _later_than(position: tuple[int, int]) -> list[ColumnElement[bool]]:
+    """Rows after (when_us, id); the first term lets the owner index bound the scan."""
+    t = archive_messages
+    when, row_id = position
+    return [t.c.when_us >= when, or_(t.c.when_us > when, t.c.id > row_id)]
+
+
+def _earlier_than(position: tuple[int, int]) -> list[ColumnElement[bool]]:
+    t = archive_messages
+    when, row_id = position
+    return [t.c.when_us <= when, or_(t.c.when_us < when, t.c.id < row_id)]
+
+
+def _archive_size(conn: Connection, user: str, host: str) -> int:
+    """How many messages the archive holds, as archive_counts keeps it."""
+    size = conn.execute(
+        select(archive_counts.c.messages).where(_owned(archive_counts, user, host))
+    ).scalar_one_or_none()
+    return size or 0
+
+
+def _count(conn: Connection, where: list[ColumnElement[bool]]) -> int:
+    return conn.execute(
+        select(func.count()).select_from(archive_messages).where(*where)
+    ).scalar_one()
+
+
+def _page_index(
+    conn: Connection,
+    query: ArchiveQuery,
+    filters: list[ColumnElement[bool]],
+    rows: Sequence[Any],
+    complete: bool,
+    count: int,
+) -> int | None:
+    """Where a forward page's first row sits among the C{count} rows C{filters} match.
+
+    None for a backward page (RSM <before/>): see L{imserver.archive.ArchivePage}.
+    The full set is the rows before the page, the page and the rows after it
+    (XEP-0059 §2.2): a page without RSM <after/> starts the set, a complete one
+    ends it, and for a page in between the rows after it are counted.
+    """
+    if query.reverse:
+        return None
+    if query.after is None:
+        return 0
+    later = 0
+    if not complete:
+        t, last = archive_messages, rows[-1]
+        # Two plain ranges: SQLite counts these index entries faster than one scan
+        # testing _later_than's OR on each (2 ms against 3 for 50,000).
+        later = _count(conn, [*filters, t.c.when_us > last.when_us])
+        later += _count(conn, [*filters, t.c.when_us == last.when_us, t.c.id > last.id])
+    return count - len(rows) - later
 
 
 def _guarded(fn: Callable[..., T], *args: Any) -> T:

@@ -58,6 +58,20 @@ class Page:
         return self.fin.findtext(f"{{{NS_RSM}}}set/{{{NS_RSM}}}last")
 
     @property
+    def count(self) -> int | None:
+        """The RSM <count/>: how many messages match the query's filters (None: absent)."""
+        text = self.fin.findtext(f"{{{NS_RSM}}}set/{{{NS_RSM}}}count")
+        return None if text is None else int(text)
+
+    @property
+    def index(self) -> int | None:
+        """The 'index' of the RSM <first/>: where the page starts in the full set."""
+        first = self.fin.find(f"{{{NS_RSM}}}set/{{{NS_RSM}}}first")
+        if first is None or first.get("index") is None:
+            return None
+        return int(first.get("index"))
+
+    @property
     def bodies(self) -> list[str | None]:
         return [r.body for r in self.results]
 
