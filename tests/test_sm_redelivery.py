@@ -15,7 +15,7 @@ from datetime import datetime
 
 import pytest
 from support.archive import carbons
-from support.client import RawClient, clark, closed_after, to_text
+from support.client import clark, closed_after, to_text
 from support.im import User, body_is, presence
 from support.server import ServerProcess
 from support.sm import (
@@ -25,6 +25,7 @@ from support.sm import (
     assert_resumed_without_repeats,
     chat_to,
     come_online,
+    plain_online,
     received_bodies,
     sm,
     sm_online,
@@ -55,13 +56,6 @@ def clients(server: ServerProcess) -> Iterator:
     yield from closed_after(lambda cls=SMClient: cls.for_server(server))
 
 
-def desk(clients, account, resource: str = "desk") -> User:
-    client = clients(RawClient)
-    client.login(account[0], account[1], resource, MECHANISM)
-    come_online(client)
-    return User(client, *account)
-
-
 def gone(watcher: User, full: str) -> None:
     """Wait until the waiting session has timed out (its unavailable presence)."""
     watcher.expect(presence(full, "unavailable"), timeout=RESUME_TIMEOUT + 5)
@@ -87,8 +81,8 @@ def test_bare_jid_message_is_not_delivered_twice_to_the_other_resource(
 ) -> None:
     alice_account, bob_account = server.new_account(), server.new_account()
     phone = sm_online(clients, alice_account)
-    laptop = desk(clients, alice_account)
-    bob = desk(clients, bob_account)
+    laptop = plain_online(clients, alice_account)
+    bob = plain_online(clients, bob_account)
     chat_to(bob, alice_account[0], "to-both")
     phone.expect(body_is("to-both"))
     laptop.expect(body_is("to-both"))
@@ -97,7 +91,7 @@ def test_bare_jid_message_is_not_delivered_twice_to_the_other_resource(
     laptop.assert_nothing(body_is("to-both"), wait=0.5)
     # Nor was it stored: the laptop, still available, has it.
     laptop.client.close()
-    again = desk(clients, alice_account, "again")
+    again = plain_online(clients, alice_account, "again")
     assert "to-both" not in received_bodies(again.client, 0.5)
 
 
@@ -106,18 +100,18 @@ def test_bare_jid_message_goes_offline_when_no_other_resource_has_it(
 ) -> None:
     alice_account, bob_account = server.new_account(), server.new_account()
     phone = sm_online(clients, alice_account)
-    laptop = desk(clients, alice_account)
-    bob = desk(clients, bob_account)
+    laptop = plain_online(clients, alice_account)
+    bob = plain_online(clients, bob_account)
     sent_at = time.time()
     chat_to(bob, alice_account[0], "stored-once")
     phone.expect(body_is("stored-once"))
     laptop.expect(body_is("stored-once"))
     laptop.client.close()  # leaves: nobody else has it any more
     phone.drop()
-    watcher = desk(clients, bob_account, "watcher")
+    watcher = plain_online(clients, bob_account, "watcher")
     time.sleep(RESUME_TIMEOUT + 1)
     watcher.sync()
-    again = desk(clients, alice_account, "again")
+    again = plain_online(clients, alice_account, "again")
     messages = [e for e in again.received(0.5) if body_is("stored-once")(e)]
     assert len(messages) == 1
     assert_stamped_near(messages[0], sent_at, server.host)  # when queued, not when re-routed
@@ -128,9 +122,9 @@ def test_message_to_the_full_jid_is_not_repeated_to_a_carbons_resource(
 ) -> None:
     alice_account, bob_account = server.new_account(), server.new_account()
     phone = sm_online(clients, alice_account)
-    laptop = desk(clients, alice_account)
+    laptop = plain_online(clients, alice_account)
     carbons(laptop)
-    bob = desk(clients, bob_account)
+    bob = plain_online(clients, bob_account)
     chat_to(bob, phone.jid, "direct")
     phone.expect(body_is("direct"))
     laptop.expect(lambda e: e.find(clark(NS_CARBONS, "received")) is not None)
@@ -144,8 +138,8 @@ def test_message_to_the_full_jid_goes_to_another_resource_stamped(
 ) -> None:
     alice_account, bob_account = server.new_account(), server.new_account()
     phone = sm_online(clients, alice_account)
-    laptop = desk(clients, alice_account)  # no carbons: it never saw the message
-    bob = desk(clients, bob_account)
+    laptop = plain_online(clients, alice_account)  # no carbons: it never saw the message
+    bob = plain_online(clients, bob_account)
     sent_at = time.time()
     chat_to(bob, phone.jid, "for-phone")
     phone.expect(body_is("for-phone"))
@@ -158,8 +152,8 @@ def test_carbon_copies_of_an_ended_session_are_not_rerouted(clients, server: Ser
     alice_account, bob_account = server.new_account(), server.new_account()
     phone = sm_online(clients, alice_account)
     carbons(User(phone, *alice_account))
-    laptop = desk(clients, alice_account)
-    bob = desk(clients, bob_account)
+    laptop = plain_online(clients, alice_account)
+    bob = plain_online(clients, bob_account)
     chat_to(laptop, bob.client.jid, "from-laptop")
     bob.expect(body_is("from-laptop"))
     phone.expect(lambda e: e.find(clark(NS_CARBONS, "sent")) is not None)
@@ -175,7 +169,7 @@ def test_resumed_stanzas_carry_the_time_they_were_first_queued(
     phone = sm_online(clients, alice_account)
     User(phone, *alice_account).received(0.1)
     phone.ack()
-    bob = desk(clients, bob_account)
+    bob = plain_online(clients, bob_account)
     first_at = time.time()
     chat_to(bob, phone.jid, "seen-not-acked")
     phone.expect(body_is("seen-not-acked"))
@@ -200,7 +194,7 @@ def test_a_resumed_stream_starts_active(clients, server: ServerProcess) -> None:
     is active (nothing held) until it says <inactive/> again."""
     alice_account = server.new_account()
     phone = sm_online(clients, alice_account)
-    laptop = desk(clients, alice_account)
+    laptop = plain_online(clients, alice_account)
     phone.expect(presence(laptop.client.jid))
     phone.send(INACTIVE)
     phone.request()  # taken before the laptop's update (an <r/> flushes nothing)
@@ -225,7 +219,7 @@ def inactive_phone(clients, account, order: str) -> tuple[SMClient, User]:
     if order == "enable-first":
         assert phone.enable().tag == sm("enabled")
     come_online(phone)
-    laptop = desk(clients, account)
+    laptop = plain_online(clients, account)
     phone.expect(presence(laptop.client.jid))
     phone.send(INACTIVE)
     if order == "inactive-first":
@@ -244,7 +238,7 @@ def test_updates_dropped_while_inactive_are_not_resent_on_resumption(
     leaves nothing to send again."""
     alice_account, bob_account = server.new_account(), server.new_account()
     phone, laptop = inactive_phone(clients, alice_account, order)
-    bob = desk(clients, bob_account)
+    bob = plain_online(clients, bob_account)
     superseded_updates_then_chat(phone, laptop, bob, "once")
     assert_resumed_without_repeats(phone, alice_account, body_is("once"), presence(laptop.jid))
 
@@ -256,7 +250,7 @@ def test_updates_dropped_while_inactive_leave_nothing_to_reroute(
     not delivered again to another resource."""
     alice_account, bob_account = server.new_account(), server.new_account()
     phone, laptop = inactive_phone(clients, alice_account, "enable-first")
-    bob = desk(clients, bob_account)
+    bob = plain_online(clients, bob_account)
     superseded_updates_then_chat(phone, laptop, bob, "acked")
     phone.close()
     gone(laptop, phone.jid)

@@ -178,9 +178,10 @@ def assert_resumed_without_repeats(phone: SMClient, account, *repeats: Callable)
     assert not again, [to_text(e) for e in again]
 
 
-def plain_online(clients, account) -> User:
+def plain_online(clients, account, resource: str = "desk") -> User:
+    """Log in without stream management: bind C{resource}, roster, initial presence."""
     client = clients(RawClient)
-    client.login(account[0], account[1], "desk", MECHANISM)
+    client.login(account[0], account[1], resource, MECHANISM)
     come_online(client)
     return User(client, *account)
 
