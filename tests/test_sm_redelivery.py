@@ -76,13 +76,18 @@ def assert_stamped_near(message: ET.Element, when: float, host: str) -> None:
     assert when - 1.5 <= stamp <= when + 1, (to_text(message), when)
 
 
-def test_bare_jid_message_is_not_delivered_twice_to_the_other_resource(
-    clients, server: ServerProcess
-) -> None:
+def phone_laptop_and_bob(clients, server: ServerProcess):
+    """Alice online on a phone with SM and a laptop without; bob online to write to her."""
     alice_account, bob_account = server.new_account(), server.new_account()
     phone = sm_online(clients, alice_account)
     laptop = plain_online(clients, alice_account)
-    bob = plain_online(clients, bob_account)
+    return alice_account, phone, laptop, plain_online(clients, bob_account)
+
+
+def test_bare_jid_message_is_not_delivered_twice_to_the_other_resource(
+    clients, server: ServerProcess
+) -> None:
+    alice_account, phone, laptop, bob = phone_laptop_and_bob(clients, server)
     chat_to(bob, alice_account[0], "to-both")
     phone.expect(body_is("to-both"))
     laptop.expect(body_is("to-both"))
@@ -98,17 +103,14 @@ def test_bare_jid_message_is_not_delivered_twice_to_the_other_resource(
 def test_bare_jid_message_goes_offline_when_no_other_resource_has_it(
     clients, server: ServerProcess
 ) -> None:
-    alice_account, bob_account = server.new_account(), server.new_account()
-    phone = sm_online(clients, alice_account)
-    laptop = plain_online(clients, alice_account)
-    bob = plain_online(clients, bob_account)
+    alice_account, phone, laptop, bob = phone_laptop_and_bob(clients, server)
     sent_at = time.time()
     chat_to(bob, alice_account[0], "stored-once")
     phone.expect(body_is("stored-once"))
     laptop.expect(body_is("stored-once"))
     laptop.client.close()  # leaves: nobody else has it any more
     phone.drop()
-    watcher = plain_online(clients, bob_account, "watcher")
+    watcher = plain_online(clients, (bob.bare, bob.password), "watcher")
     time.sleep(RESUME_TIMEOUT + 1)
     watcher.sync()
     again = plain_online(clients, alice_account, "again")
