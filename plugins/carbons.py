@@ -24,49 +24,15 @@ from twisted.words.xish import domish
 from tx_xmpp.mam import NS_FORWARD
 from zope.interface import implementer
 
-from imserver.archive import NS_HINTS
+from imserver.carbons import ENABLED, NS_CARBONS, eligible
 from imserver.interfaces import IFeature
 from imserver.serialize import stanza_bytes
 from imserver.stanzas import readdressed
 
-NS_CARBONS = "urn:xmpp:carbons:2"
 NS_CARBONS_RULES = "urn:xmpp:carbons:rules:0"
-NS_MUC_USER = "http://jabber.org/protocol/muc#user"
-#: Key in Session.extra.
-ENABLED = "carbons"
 #: After the archive (priority 100), before delivery (0) and offline storage (-10).
 PRIORITY = 50
 MESSAGE_TYPES = ("normal", "chat", "groupchat", "headline", "error")
-
-
-def eligible(stanza: domish.Element, inbound: bool) -> bool:
-    """Whether a message is copied (XEP-0280 §6 and §9, XEP-0334 §4).
-
-    Chat messages, and normal ones with a body. An error comes back to a
-    resource of ours only from a bare JID when it answers a copied chat
-    (the sender's server cannot know which resource sent the original), so
-    those are copied too. Private (§9), <no-copy/> hints, and private messages
-    from a MUC room (§6: never from a MUC) are not.
-    """
-    type_ = stanza.getAttribute("type") or "normal"
-    has_body = False
-    for child in stanza.elements():
-        uri, name = child.uri, child.name
-        if (uri == NS_CARBONS and name in ("private", "sent", "received")) or (
-            uri == NS_HINTS and name == "no-copy"
-        ):
-            return False
-        if inbound and uri == NS_MUC_USER and name == "x":
-            return False
-        if uri == "jabber:client" and name == "body":
-            has_body = True
-    if type_ == "chat":
-        return True
-    if type_ == "normal":
-        return has_body
-    if type_ == "error":
-        return inbound and "/" not in (stanza.getAttribute("from") or "")
-    return False
 
 
 def remove_private(stanza: domish.Element) -> None:

@@ -48,12 +48,12 @@ from twisted.words.xish import domish
 from tx_xmpp.delay import NS_DELAY, Delay
 from zope.interface import implementer
 
+from imserver.carbons import ENABLED as CARBONS_ENABLED
+from imserver.carbons import eligible as carbon_copied
 from imserver.interfaces import IFeature, ISessionStream
 from imserver.jid import InvalidFormat, parse_jid
 from imserver.serialize import stanza_bytes
 from imserver.stream.parser import parse_stanza
-from plugins.carbons import ENABLED as CARBONS_ENABLED
-from plugins.carbons import eligible as carbon_copied
 
 log = Logger()
 

@@ -18,8 +18,9 @@ from imserver.archive import (
     stanza_id_element,
     strip_stanza_ids,
 )
+from imserver.carbons import eligible
 from imserver.stream.parser import parse_stanza
-from plugins.carbons import eligible, remove_private
+from plugins.carbons import remove_private
 from plugins.mam import ArchiveWriter
 
 MAM = "urn:xmpp:mam:2"
