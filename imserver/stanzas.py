@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from twisted.words.xish import domish
+from tx_xmpp.delay import NS_DELAY, Delay
+
+from imserver.jid import parse_jid
 
 
 def presence(type_: str | None = None, sender: str | None = None, to: str | None = None):
@@ -29,3 +34,21 @@ def readdressed(stanza: domish.Element, to: str, sender: str | None = None) -> d
     if sender is not None:
         copy["from"] = sender
     return copy
+
+
+def add_delay(
+    stanza: domish.Element, when: float, host: str, reason: str | None = None
+) -> domish.Element | None:
+    """Stamp C{stanza} with a XEP-0203 <delay/> from C{host} at C{when} (a Unix time).
+
+    A stanza that already has one keeps it and gets none (XEP-0203 §2: one
+    and only one; the one there says when it was first sent). Returns the
+    element added, or None.
+    """
+    if any(c.name == "delay" and c.uri == NS_DELAY for c in stanza.elements()):
+        return None
+    element = Delay(datetime.fromtimestamp(when, UTC), sender=parse_jid(host)).toElement()
+    if reason:
+        element.addContent(reason)
+    stanza.addChild(element)
+    return element

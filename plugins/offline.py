@@ -3,23 +3,23 @@
 Claims the router's C{("message", "offline")} event, so it sees exactly the
 chat and normal messages that found no available resource (to the bare JID,
 or to a full JID that is gone). Each is stamped with a XEP-0203 delay (unless
-it has one: one and only one, XEP-0203 §2, and one already there, such as
-stream management's for a message re-routed from an ended session, says when
-it was first sent) and stored once; the sender's next stanzas wait until the write is done. A full
-store bounces with service-unavailable.
+it has one, such as stream management's for a message re-routed from an
+ended session: see L{imserver.stanzas.add_delay}) and stored once; the
+sender's next stanzas wait until the write is done. A full store bounces with
+service-unavailable.
 """
 
-from datetime import UTC, datetime
+import time
 
 from twisted.internet import defer
 from twisted.plugin import IPlugin
 from twisted.words.protocols.jabber.error import StanzaError
-from tx_xmpp.delay import NS_DELAY, Delay
 from zope.interface import implementer
 
 from imserver.interfaces import IFeature
 from imserver.jid import parse_jid
 from imserver.router import OFFLINE
+from imserver.stanzas import add_delay
 from imserver.stream.parser import parse_stanza
 
 NS_OFFLINE = "msgoffline"
@@ -43,11 +43,7 @@ class Offline:
         if not (yield self.store.user_exists(user, host)):
             raise StanzaError("service-unavailable")
         stanza = event.stanza
-        element = None
-        if not any(c.name == "delay" and c.uri == NS_DELAY for c in stanza.elements()):
-            element = Delay(datetime.now(UTC), sender=parse_jid(host)).toElement()
-            element.addContent("Offline Storage")
-            stanza.addChild(element)
+        element = add_delay(stanza, time.time(), host, "Offline Storage")
         stored = yield self.store.store_offline(
             user,
             host,

@@ -38,14 +38,12 @@ from __future__ import annotations
 import secrets
 import time
 from collections import deque
-from datetime import UTC, datetime
 
 from twisted.internet import defer, reactor
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
-from tx_xmpp.delay import NS_DELAY, Delay
 from zope.interface import implementer
 
 from imserver.carbons import ENABLED as CARBONS_ENABLED
@@ -53,6 +51,7 @@ from imserver.carbons import eligible as carbon_copied
 from imserver.interfaces import IFeature, ISessionStream
 from imserver.jid import InvalidFormat, parse_jid
 from imserver.serialize import stanza_bytes
+from imserver.stanzas import add_delay
 from imserver.stream.parser import parse_stanza
 
 log = Logger()
@@ -110,23 +109,12 @@ def _counter(element: domish.Element) -> int | None:
     return value if 0 <= value < MOD else None
 
 
-def stamp_delay(stanza: domish.Element, queued: float, host: str) -> None:
-    """Add a XEP-0203 <delay/> from the server, at the time the stanza was first queued.
-
-    A stanza that already has one keeps it (XEP-0203 §2: one and only one,
-    and the earlier one says when it was originally sent).
-    """
-    if any(c.name == "delay" and c.uri == NS_DELAY for c in stanza.elements()):
-        return
-    stanza.addChild(Delay(datetime.fromtimestamp(queued, UTC), sender=parse_jid(host)).toElement())
-
-
 def resent(data: bytes, queued: float, host: str) -> bytes:
     """A queued stanza as it is sent again: messages and presence stamped, iq unchanged."""
     if data.startswith(b"<iq"):
         return data
     stanza = parse_stanza(data.decode("utf-8"))
-    stamp_delay(stanza, queued, host)
+    add_delay(stanza, queued, host)
     return stanza_bytes(stanza)
 
 
@@ -554,7 +542,7 @@ class StreamManagement:
             except InvalidFormat:
                 log.error("cannot re-deliver {xml!r}: bad address", xml=data[:200])
                 continue
-            stamp_delay(stanza, queued, session.host)
+            add_delay(stanza, queued, session.host)
             pending = router.deliver(dispatcher.event_for(stanza, sender, to))
             if isinstance(pending, defer.Deferred):
                 self.pending.add(pending)
